@@ -1,0 +1,237 @@
+//! Layouts of the BPF maps, as seen by both the kernel program and the controller.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so both sides agree byte for byte. A change
+//! to any of them must bump [`SCHEMA_VERSION`]: the controller refuses to adopt pinned maps of
+//! another version.
+
+/// Version of the layouts below.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Rule ids are `1..MAX_RULES`; id 0 holds the counters of packets no rule matched.
+pub const MAX_RULES: u32 = 1024;
+/// Rules are written into the inactive one of two slots, then the slot is switched in one write,
+/// so no packet sees a half-written rule set.
+pub const RULE_SLOTS: u32 = 2;
+/// Entries per allow/deny trie and address family.
+pub const MAX_CIDRS: u32 = 65_536;
+/// Default size of the per-(source, rule) state table.
+pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
+
+/// Map names, shared so the controller never misspells one.
+pub mod names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const RULES: &str = "RULES";
+    pub const SOURCES: &str = "SOURCES";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const DENY_V4: &str = "DENY_V4";
+    pub const DENY_V6: &str = "DENY_V6";
+    /// Load-time constant: when non-zero, the program reads time from `Settings::clock_override_ns`.
+    pub const TEST_CLOCK: &str = "TEST_CLOCK";
+    /// Name of the XDP program in the object.
+    pub const PROGRAM: &str = "throttle";
+}
+
+/// IP protocol numbers the rules can match.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Port value of a rule that matches every destination port of its protocol.
+pub const ANY_PORT: u16 = 0;
+
+/// Key of the `RULES` hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleKey {
+    /// Rule-set slot, 0 or 1; see [`RULE_SLOTS`].
+    pub slot: u8,
+    /// IP protocol number (ICMP and ICMPv6 rules use [`ANY_PORT`]).
+    pub proto: u8,
+    /// Destination port in host byte order, or [`ANY_PORT`].
+    pub port: u16,
+}
+
+/// What a rule counts.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Packets = 0,
+    /// Bytes of the whole frame, as seen by XDP.
+    Bytes = 1,
+    /// New TCP connections: SYN without ACK. Other packets of the rule pass uncounted.
+    NewConnections = 2,
+}
+
+/// What happens to traffic over the quota.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Drop = 0,
+    /// Rewrite DSCP to `Rule::dscp` (checksum fixed) and pass.
+    Mark = 1,
+    /// Count only: what would have been dropped is counted as `dry_run` and passed.
+    DryRun = 2,
+}
+
+/// Value of the `RULES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Units per window, at most [`crate::window::MAX_LIMIT`].
+    pub limit: u64,
+    /// Window length in ns, 1..=[`crate::window::MAX_WINDOW_NS`].
+    pub window_ns: u64,
+    /// 1..MAX_RULES: index of the rule's counters and part of the source key.
+    pub id: u32,
+    /// [`Unit`] as u8.
+    pub unit: u8,
+    /// [`Action`] as u8.
+    pub action: u8,
+    /// DSCP (0..=63) written by [`Action::Mark`].
+    pub dscp: u8,
+    pub _pad: u8,
+}
+
+impl Rule {
+    pub fn unit(&self) -> Option<Unit> {
+        match self.unit {
+            0 => Some(Unit::Packets),
+            1 => Some(Unit::Bytes),
+            2 => Some(Unit::NewConnections),
+            _ => None,
+        }
+    }
+    pub fn action(&self) -> Option<Action> {
+        match self.action {
+            0 => Some(Action::Drop),
+            1 => Some(Action::Mark),
+            2 => Some(Action::DryRun),
+            _ => None,
+        }
+    }
+}
+
+/// Key of the `SOURCES` LRU map: one sliding window per source address and rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// IPv6 address, or an IPv4 address mapped as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    pub rule_id: u32,
+}
+
+/// Maps an IPv4 address into the IPv6 form used in [`SourceKey`].
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// The single value of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Slot of the active rule set.
+    pub active_slot: u32,
+    /// Number of allowlist / denylist entries; an empty list costs no lookup.
+    pub allow_entries: u32,
+    pub deny_entries: u32,
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// Generation of the applied rule set, reported by the controller.
+    pub generation: u64,
+    /// Time seen by the program when it was loaded with `TEST_CLOCK` set; ignored otherwise.
+    pub clock_override_ns: u64,
+}
+
+/// Value of the `DENY_*` tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// CLOCK_MONOTONIC ns after which the entry no longer applies; 0 = never expires.
+    pub expires_ns: u64,
+}
+
+/// Value of the `ALLOW_*` tries (presence is what matters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub _reserved: u64,
+}
+
+/// Per-rule counters, one per CPU (`COUNTERS` is a per-CPU array indexed by rule id).
+/// Index 0 counts what no rule matched; global figures are the sum over all indices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub passed: u64,
+    pub dropped: u64,
+    /// Over quota, DSCP rewritten and passed.
+    pub marked: u64,
+    /// Over quota under a dry-run rule: counted and passed.
+    pub dry_run: u64,
+    pub bytes_passed: u64,
+    pub bytes_dropped: u64,
+    /// Truncated or malformed headers: passed to the kernel stack, which decides.
+    pub malformed: u64,
+    /// Not IPv4/IPv6 (ARP and the like): passed.
+    pub non_ip: u64,
+    pub allowlisted: u64,
+    pub denylisted: u64,
+    /// Sources that got a new sliding-window entry.
+    pub new_sources: u64,
+}
+
+impl Counters {
+    /// Field-wise sum, for totals over CPUs and rules.
+    pub fn add(&mut self, other: &Counters) {
+        self.passed += other.passed;
+        self.dropped += other.dropped;
+        self.marked += other.marked;
+        self.dry_run += other.dry_run;
+        self.bytes_passed += other.bytes_passed;
+        self.bytes_dropped += other.bytes_dropped;
+        self.malformed += other.malformed;
+        self.non_ip += other.non_ip;
+        self.allowlisted += other.allowlisted;
+        self.denylisted += other.denylisted;
+        self.new_sources += other.new_sources;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    use crate::window::WindowState;
+    // SAFETY: all are repr(C) with explicit padding and only integer fields: any bit pattern is valid.
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for DenyEntry {}
+    unsafe impl aya::Pod for AllowEntry {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for WindowState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<RuleKey>(), 4);
+        assert_eq!(size_of::<Rule>(), 24);
+        assert_eq!(size_of::<SourceKey>(), 20);
+        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Counters>(), 11 * 8);
+        assert_eq!(size_of::<crate::WindowState>(), 24);
+    }
+}

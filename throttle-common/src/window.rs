@@ -1,0 +1,202 @@
+//! Sliding-window counter, shared by the kernel program and userspace.
+//!
+//! Each (source, rule) keeps the count of the current fixed window and of the previous one. The
+//! usage at time `t`, `elapsed` into the current window of length `W`, is estimated as
+//!
+//! ```text
+//! estimate = prev * (W - elapsed) / W + curr
+//! ```
+//!
+//! i.e. the previous window weighted by how much of it still overlaps the sliding window ending
+//! at `t`. A request of `cost` units is admitted when `estimate + cost <= limit`; only admitted
+//! units are counted, so a flooding source still gets its full quota.
+//!
+//! Integer only (the verifier accepts no floats): the weight is a fixed-point fraction of
+//! [`WEIGHT_BITS`] bits, and the one divisor, `W`, is checked for zero.
+//!
+//! # Error bounds (tested in `tests` below and in `tests/window_props.rs`)
+//! - Within any window-aligned interval at most `limit` units are admitted.
+//! - Within any interval of length `W` at most `2 * limit` units are admitted; this is the
+//!   worst case of the estimator (a burst at the very end of one window, then traffic at the end of
+//!   the next), against `limit` for an exact sliding log.
+//! - The fixed-point weight rounds the previous window's share down by less than
+//!   `prev / 2^WEIGHT_BITS + 1` units, so an estimate is never more than that below the exact
+//!   formula.
+//! - For a source sending at a steady rate, the admitted total over `n >= 1` windows is within
+//!   `n + 1` units of what an exact sliding log admits, and a steady source of at most
+//!   `limit - 2` units per window is never refused.
+//!
+//! Concurrency: the state lives in one shared (not per-CPU) map value and is updated with
+//! atomics, so a source whose packets land on several CPUs still gets `limit`, not
+//! `limit * ncpus`. See [`admit`].
+
+use core::ptr::addr_of_mut;
+
+use crate::atomic;
+
+/// Bits of the fixed-point weight of the previous window.
+pub const WEIGHT_BITS: u32 = 20;
+/// Largest window accepted (about 2.4 hours); with [`MAX_LIMIT`] the products below fit in u64.
+pub const MAX_WINDOW_NS: u64 = 1 << 43;
+/// Largest limit accepted, in the rule's unit (packets, bytes or connections).
+pub const MAX_LIMIT: u64 = 1 << 43;
+
+/// Per-(source, rule) state, the value of the `SOURCES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowState {
+    /// Start of the current window, CLOCK_MONOTONIC nanoseconds.
+    pub start_ns: u64,
+    /// Units admitted in the previous window.
+    pub prev: u64,
+    /// Units admitted so far in the current window.
+    pub curr: u64,
+}
+
+impl WindowState {
+    /// State of a source first seen at `now`.
+    pub const fn new(now: u64) -> Self {
+        Self {
+            start_ns: now,
+            prev: 0,
+            curr: 0,
+        }
+    }
+}
+
+/// Weight of the previous window, `(W - elapsed) / W`, as a fraction of `2^WEIGHT_BITS`.
+#[inline(always)]
+pub fn prev_weight(elapsed: u64, window: u64) -> u64 {
+    if window == 0 || elapsed >= window {
+        return 0;
+    }
+    // window <= MAX_WINDOW_NS = 2^43, so the shift cannot overflow.
+    ((window - elapsed) << WEIGHT_BITS) / window
+}
+
+/// Estimated units used in the sliding window ending `elapsed` ns into the current window.
+#[inline(always)]
+pub fn estimate(prev: u64, curr: u64, elapsed: u64, window: u64) -> u64 {
+    let prev = if prev > MAX_LIMIT { MAX_LIMIT } else { prev };
+    ((prev * prev_weight(elapsed, window)) >> WEIGHT_BITS).saturating_add(curr)
+}
+
+/// Decides whether `cost` units at time `now` fit in `limit` per `window`, and counts them if so.
+///
+/// Safe to run concurrently on the same state from several CPUs:
+/// - rolling the window forward is done by the one caller that wins a compare-exchange on
+///   `start_ns`;
+/// - admission adds to `curr` atomically and then re-checks the value it added to, backing out
+///   if concurrent admissions filled the window first. So `limit` is never exceeded, at the price
+///   of a rare refusal right at the limit under contention.
+///
+/// # Safety
+/// `state` must point to a valid, 8-byte aligned `WindowState` (a map value in the kernel) that
+/// is only accessed through this function while it runs.
+#[inline(always)]
+pub unsafe fn admit(state: *mut WindowState, now: u64, window: u64, limit: u64, cost: u64) -> bool {
+    let start = unsafe { addr_of_mut!((*state).start_ns) };
+    let prev = unsafe { addr_of_mut!((*state).prev) };
+    let curr = unsafe { addr_of_mut!((*state).curr) };
+    // SAFETY (all atomic calls): the three pointers are fields of the caller's valid state.
+    let mut start_ns = unsafe { atomic::load(start) };
+    let mut elapsed = now.saturating_sub(start_ns);
+    if elapsed >= window {
+        // One window later the current count becomes the previous one; after two or more
+        // windows of silence nothing carries over and the source starts afresh at `now`.
+        let adjacent = elapsed < window.saturating_mul(2);
+        let new_start = if adjacent { start_ns + window } else { now };
+        if unsafe { atomic::compare_exchange(start, start_ns, new_start) } {
+            let finished = unsafe { atomic::swap(curr, 0) };
+            unsafe { atomic::swap(prev, if adjacent { finished } else { 0 }) };
+        }
+        start_ns = unsafe { atomic::load(start) };
+        elapsed = now.saturating_sub(start_ns);
+    }
+    let prev_units = unsafe { atomic::load(prev) };
+    // Fast refusal without a write: the common case for a flooding source.
+    let used = unsafe { atomic::load(curr) };
+    if estimate(prev_units, used, elapsed, window).saturating_add(cost) > limit {
+        return false;
+    }
+    let before = unsafe { atomic::fetch_add(curr, cost) };
+    if estimate(prev_units, before, elapsed, window).saturating_add(cost) > limit {
+        unsafe { atomic::fetch_add(curr, cost.wrapping_neg()) };
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: u64 = 1_000_000_000;
+
+    fn run(state: &mut WindowState, now: u64, limit: u64) -> bool {
+        unsafe { admit(state, now, W, limit, 1) }
+    }
+
+    #[test]
+    fn weight_is_guarded_and_monotone() {
+        assert_eq!(prev_weight(0, 0), 0);
+        assert_eq!(prev_weight(0, W), 1 << WEIGHT_BITS);
+        assert_eq!(prev_weight(W, W), 0);
+        assert_eq!(prev_weight(W / 2, W), 1 << (WEIGHT_BITS - 1));
+        assert!(prev_weight(W / 3, W) > prev_weight(W / 2, W));
+    }
+
+    #[test]
+    fn estimate_does_not_overflow_at_the_limits() {
+        assert_eq!(estimate(MAX_LIMIT, 0, 0, MAX_WINDOW_NS), MAX_LIMIT);
+        assert_eq!(estimate(u64::MAX, u64::MAX, 0, MAX_WINDOW_NS), u64::MAX);
+    }
+
+    #[test]
+    fn first_window_admits_exactly_the_limit() {
+        let mut s = WindowState::new(0);
+        let admitted = (0..1000).filter(|i| run(&mut s, *i, 10)).count();
+        assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn previous_window_is_weighted_by_overlap() {
+        let mut s = WindowState::new(0);
+        for i in 0..10 {
+            assert!(run(&mut s, i, 10));
+        }
+        // Half-way into the next window, half of the previous 10 still count.
+        let admitted = (0..100).filter(|_| run(&mut s, W + W / 2, 10)).count();
+        assert_eq!(admitted, 5);
+        assert_eq!(s.prev, 10);
+    }
+
+    #[test]
+    fn silence_of_two_windows_resets() {
+        let mut s = WindowState::new(0);
+        for i in 0..10 {
+            run(&mut s, i, 10);
+        }
+        assert!(!run(&mut s, 11, 10));
+        let admitted = (0..100).filter(|_| run(&mut s, 5 * W, 10)).count();
+        assert_eq!(admitted, 10);
+        assert_eq!(s.start_ns, 5 * W);
+        assert_eq!(s.prev, 0);
+    }
+
+    #[test]
+    fn cost_larger_than_limit_is_refused() {
+        let mut s = WindowState::new(0);
+        assert!(!unsafe { admit(&mut s, 0, W, 100, 101) });
+        assert!(unsafe { admit(&mut s, 0, W, 100, 100) });
+        assert_eq!(s.curr, 100);
+    }
+
+    #[test]
+    fn clock_going_backwards_is_treated_as_no_time() {
+        let mut s = WindowState::new(10 * W);
+        assert!(run(&mut s, 5 * W, 1));
+        assert!(!run(&mut s, 5 * W, 1));
+        assert_eq!(s.start_ns, 10 * W);
+    }
+}

@@ -1,0 +1,7 @@
+//! throttle's controller as a library: config model and validation, and the data plane (the
+//! loaded XDP program and its maps). The `throttle-ctl` binary and the test tiers use it.
+
+pub mod config;
+pub mod dataplane;
+pub mod duration;
+pub mod yaml_lines;

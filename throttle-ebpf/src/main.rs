@@ -1,0 +1,184 @@
+//! throttle's XDP program: per-source sliding-window rate limiting before the network stack.
+//!
+//! A packet's way: Ethernet → up to two VLAN tags → IPv4 (with options) or IPv6 (bounded walk
+//! over extension headers) → TCP / UDP / ICMP / ICMPv6. Then: allowlist → PASS, denylist →
+//! DROP, rule lookup by (protocol, destination port) with a per-protocol wildcard, and the
+//! shared sliding window of `throttle_common::window` per (source, rule).
+//!
+//! Anything not IP passes; so does IPv6 neighbour discovery, always. Truncated or malformed
+//! headers pass and are counted: the kernel stack decides about them, XDP never aborts.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+    Global,
+};
+use parse::{Family, Headers, Parsed};
+use throttle_common::{
+    admit, Action, AllowEntry, Counters, DenyEntry, Rule, RuleKey, Settings, SourceKey, Unit,
+    WindowState, ANY_PORT, DEFAULT_MAX_SOURCES, MAX_CIDRS, MAX_RULES, RULE_SLOTS,
+};
+
+/// Set to 1 at load time by tests: time then comes from `Settings::clock_override_ns`.
+#[no_mangle]
+static TEST_CLOCK: Global<u8> = Global::new(0);
+
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+#[map]
+static RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(MAX_RULES * RULE_SLOTS, 0);
+/// Shared across CPUs on purpose: a per-CPU window would let a source have limit × ncpus.
+#[map]
+static SOURCES: LruHashMap<SourceKey, WindowState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+#[map]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+#[map]
+static DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+#[map]
+static DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+
+#[xdp]
+pub fn throttle(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match parse::parse(&ctx) {
+        Parsed::NonIp => pass(0, len, |c| c.non_ip += 1),
+        Parsed::Malformed => pass(0, len, |c| c.malformed += 1),
+        Parsed::NeighbourDiscovery => pass(0, len, |_| {}),
+        Parsed::Ip(h) => decide(&ctx, &h, len),
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return pass(0, len, |_| {});
+    };
+    let now = if TEST_CLOCK.load() != 0 {
+        settings.clock_override_ns
+    } else {
+        // SAFETY: a plain helper call without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    };
+    if settings.allow_entries != 0 && allowlisted(h) {
+        return pass(0, len, |c| c.allowlisted += 1);
+    }
+    if settings.deny_entries != 0 && denylisted(h, now) {
+        return drop(0, len, |c| c.denylisted += 1);
+    }
+
+    let slot = settings.active_slot as u8;
+    let key = RuleKey { slot, proto: h.proto, port: h.dport };
+    let wildcard = RuleKey { slot, proto: h.proto, port: ANY_PORT };
+    // SAFETY: rule values are only replaced whole by the controller, never in place.
+    let rule = match unsafe { RULES.get(&key).or_else(|| RULES.get(&wildcard)) } {
+        Some(r) => *r,
+        None => return pass(0, len, |_| {}),
+    };
+    let id = rule.id;
+    let cost = match rule.unit() {
+        Some(Unit::Packets) => 1,
+        Some(Unit::Bytes) => len,
+        Some(Unit::NewConnections) if h.tcp_syn => 1,
+        _ => return pass(id, len, |_| {}),
+    };
+
+    let source = SourceKey { addr: h.src, rule_id: id };
+    let state = match SOURCES.get_ptr_mut(&source) {
+        Some(s) => s,
+        None => {
+            // Another CPU may insert the same source first; then ours fails and we use theirs.
+            if SOURCES.insert(&source, &WindowState::new(now), BPF_NOEXIST as u64).is_ok() {
+                bump(id, |c| c.new_sources += 1);
+            }
+            match SOURCES.get_ptr_mut(&source) {
+                Some(s) => s,
+                None => return pass(id, len, |_| {}),
+            }
+        }
+    };
+    // SAFETY: `state` points at a live map value; all CPUs touch it only through `admit`.
+    if unsafe { admit(state, now, rule.window_ns, rule.limit, cost) } {
+        return pass(id, len, |_| {});
+    }
+    match rule.action() {
+        Some(Action::Mark) => {
+            parse::set_dscp(ctx, h, rule.dscp);
+            pass(id, len, |c| c.marked += 1)
+        }
+        Some(Action::DryRun) => pass(id, len, |c| c.dry_run += 1),
+        _ => drop(id, len, |_| {}),
+    }
+}
+
+#[inline(always)]
+fn allowlisted(h: &Headers) -> bool {
+    match h.family {
+        Family::V4 => ALLOW_V4.get(Key::new(32, h.v4_src())).is_some(),
+        Family::V6 => ALLOW_V6.get(Key::new(128, h.src)).is_some(),
+    }
+}
+
+#[inline(always)]
+fn denylisted(h: &Headers, now: u64) -> bool {
+    let entry = match h.family {
+        Family::V4 => DENY_V4.get(Key::new(32, h.v4_src())),
+        Family::V6 => DENY_V6.get(Key::new(128, h.src)),
+    };
+    match entry {
+        Some(e) => e.expires_ns == 0 || now < e.expires_ns,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32, f: impl FnOnce(&mut Counters)) {
+    if index >= MAX_RULES {
+        return;
+    }
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, and XDP does not preempt itself on one CPU.
+        f(unsafe { &mut *c });
+    }
+}
+
+#[inline(always)]
+fn pass(index: u32, len: u64, f: impl FnOnce(&mut Counters)) -> u32 {
+    bump(index, |c| {
+        c.passed += 1;
+        c.bytes_passed += len;
+        f(c)
+    });
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn drop(index: u32, len: u64, f: impl FnOnce(&mut Counters)) -> u32 {
+    bump(index, |c| {
+        c.dropped += 1;
+        c.bytes_dropped += len;
+        f(c)
+    });
+    xdp_action::XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";
