@@ -1,0 +1,598 @@
+//! Tier 2: the real XDP object under BPF_PROG_TEST_RUN with crafted packets, one test per
+//! verdict path. Time comes from the test clock (`Settings::clock_override_ns`), so window
+//! behaviour is deterministic. Needs root.
+
+use std::net::Ipv6Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use throttle_common::Counters;
+use throttle_ctl::{
+    config::Config,
+    dataplane::{Dataplane, LoadOptions},
+};
+use throttle_tests::{
+    have_root,
+    packet::{arp, checksum, Ext, Packet, L4, TCP_ACK, TCP_SYN, TPID_8021AD, TPID_8021Q},
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const T0: u64 = 1_000_000_000_000;
+const SEC: u64 = 1_000_000_000;
+
+struct Fixture {
+    dp: Dataplane,
+    rules: u32,
+}
+
+impl Fixture {
+    fn new(yaml: &str) -> Fixture {
+        let config = Config::from_yaml(yaml).expect("test config");
+        let mut dp = Dataplane::load(LoadOptions {
+            max_sources: 1024,
+            test_clock: true,
+        })
+        .expect("load");
+        dp.set_clock(T0).unwrap();
+        dp.apply(&config).expect("apply");
+        Fixture {
+            dp,
+            rules: config.rules.len() as u32,
+        }
+    }
+
+    fn set_time(&mut self, ns: u64) {
+        self.dp.set_clock(ns).unwrap();
+    }
+
+    /// Runs one packet; returns the verdict and the packet as the program left it.
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .dp
+            .program()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn verdict(&self, frame: &[u8]) -> u32 {
+        self.run(frame).0
+    }
+
+    /// How many of `n` copies of `frame` pass.
+    fn passes(&self, frame: &[u8], n: usize) -> usize {
+        (0..n).filter(|_| self.verdict(frame) == XDP_PASS).count()
+    }
+
+    fn counters(&self, id: u32) -> Counters {
+        self.dp.counters(self.rules).unwrap()[id as usize]
+    }
+}
+
+macro_rules! root_or_skip {
+    ($name:expr) => {
+        if !have_root($name) {
+            return;
+        }
+    };
+}
+
+const UDP53: &str = "rules:\n  - {name: dns, protocol: udp, port: 53, limit: 3, window: 1s}\n";
+
+fn udp53(src: [u8; 4]) -> Vec<u8> {
+    Packet::v4(src, L4::Udp { dport: 53 }).build()
+}
+
+fn v6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+}
+
+#[test]
+fn non_ip_passes_and_is_counted() {
+    root_or_skip!("non_ip_passes_and_is_counted");
+    let f = Fixture::new(UDP53);
+    assert_eq!(f.verdict(&arp()), XDP_PASS);
+    // Three VLAN tags: the program looks through two, then sees a tag, not IP.
+    let triple = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 }).with_vlans(&[
+        TPID_8021AD,
+        TPID_8021Q,
+        TPID_8021Q,
+    ]);
+    assert_eq!(f.verdict(&triple.build()), XDP_PASS);
+    let c = f.counters(0);
+    assert_eq!((c.non_ip, c.passed), (2, 2));
+}
+
+#[test]
+fn ipv4_source_gets_exactly_its_limit_then_drops() {
+    root_or_skip!("ipv4_source_gets_exactly_its_limit_then_drops");
+    let f = Fixture::new(UDP53);
+    let verdicts: Vec<u32> = (0..5).map(|_| f.verdict(&udp53([198, 18, 0, 2]))).collect();
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    let c = f.counters(1);
+    assert_eq!((c.passed, c.dropped, c.new_sources), (3, 2, 1));
+    // Another source has its own window.
+    assert_eq!(f.passes(&udp53([198, 18, 0, 3]), 5), 3);
+    // Another port is not limited by this rule.
+    assert_eq!(
+        f.passes(
+            &Packet::v4([198, 18, 0, 2], L4::Udp { dport: 54 }).build(),
+            10
+        ),
+        10
+    );
+    assert_eq!(f.counters(0).passed, 10);
+}
+
+#[test]
+fn window_slides_with_the_previous_window_weighted() {
+    root_or_skip!("window_slides_with_the_previous_window_weighted");
+    let mut f =
+        Fixture::new("rules:\n  - {name: r, protocol: udp, port: 53, limit: 10, window: 1s}\n");
+    let p = udp53([198, 18, 0, 2]);
+    assert_eq!(f.passes(&p, 20), 10);
+    // 40% into the next window, 60% of the previous 10 still count: 4 more fit.
+    f.set_time(T0 + SEC + 4 * SEC / 10);
+    assert_eq!(f.passes(&p, 20), 4);
+    // At the end of that window nearly nothing of the previous one counts.
+    f.set_time(T0 + 2 * SEC - 1);
+    assert_eq!(f.passes(&p, 20), 6);
+    // Two quiet windows later the source starts afresh.
+    f.set_time(T0 + 10 * SEC);
+    assert_eq!(f.passes(&p, 20), 10);
+    let state =
+        f.dp.source_state("198.18.0.2".parse().unwrap(), 1)
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (state.start_ns, state.prev, state.curr),
+        (T0 + 10 * SEC, 0, 10)
+    );
+}
+
+#[test]
+fn ipv6_sources_are_limited() {
+    root_or_skip!("ipv6_sources_are_limited");
+    let f = Fixture::new("rules:\n  - {name: r, protocol: tcp, port: 443, limit: 2, window: 1s}\n");
+    let p = Packet::v6(
+        v6(2),
+        L4::Tcp {
+            dport: 443,
+            flags: TCP_ACK,
+        },
+    )
+    .build();
+    assert_eq!(f.passes(&p, 5), 2);
+    assert_eq!(
+        f.passes(
+            &Packet::v6(
+                v6(3),
+                L4::Tcp {
+                    dport: 443,
+                    flags: TCP_ACK
+                }
+            )
+            .build(),
+            5
+        ),
+        2
+    );
+    assert_eq!(f.counters(1).new_sources, 2);
+}
+
+#[test]
+fn vlan_and_qinq_are_parsed() {
+    root_or_skip!("vlan_and_qinq_are_parsed");
+    let f = Fixture::new(UDP53);
+    let dot1q = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+        .with_vlans(&[TPID_8021Q])
+        .build();
+    assert_eq!(f.passes(&dot1q, 5), 3);
+    let qinq = Packet::v6(v6(2), L4::Udp { dport: 53 })
+        .with_vlans(&[TPID_8021AD, TPID_8021Q])
+        .build();
+    assert_eq!(f.passes(&qinq, 5), 3);
+    assert_eq!(f.counters(1).dropped, 4);
+}
+
+#[test]
+fn ipv4_options_and_ipv6_extension_headers_are_walked() {
+    root_or_skip!("ipv4_options_and_ipv6_extension_headers_are_walked");
+    let f = Fixture::new(UDP53);
+    let opts = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+        .with_v4_options(40)
+        .build();
+    assert_eq!(f.passes(&opts, 5), 3);
+    let ext = Packet::v6(v6(2), L4::Udp { dport: 53 })
+        .with_v6_ext(vec![
+            Ext::HopByHop,
+            Ext::Routing,
+            Ext::Fragment(0),
+            Ext::DestOpts,
+        ])
+        .build();
+    assert_eq!(f.passes(&ext, 5), 3);
+    // More extension headers than the program walks: passed and counted as malformed.
+    let deep = Packet::v6(v6(3), L4::Udp { dport: 53 })
+        .with_v6_ext(vec![Ext::DestOpts; 9])
+        .build();
+    assert_eq!(f.passes(&deep, 5), 5);
+    assert_eq!(f.counters(0).malformed, 5);
+}
+
+#[test]
+fn later_fragments_match_only_wildcard_rules() {
+    root_or_skip!("later_fragments_match_only_wildcard_rules");
+    let f = Fixture::new(
+        "rules:\n  - {name: dns, protocol: udp, port: 53, limit: 100, window: 1s}\n  - {name: udp, protocol: udp, limit: 2, window: 1s}\n",
+    );
+    let frag4 = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+        .with_v4_fragment_offset(100)
+        .build();
+    assert_eq!(f.passes(&frag4, 5), 2);
+    let frag6 = Packet::v6(v6(2), L4::Udp { dport: 53 })
+        .with_v6_ext(vec![Ext::Fragment(100)])
+        .build();
+    assert_eq!(f.passes(&frag6, 5), 2);
+    assert_eq!(f.counters(2).dropped, 6);
+    assert_eq!(f.counters(1).passed, 0);
+}
+
+#[test]
+fn wildcard_rule_applies_when_no_port_rule_matches() {
+    root_or_skip!("wildcard_rule_applies_when_no_port_rule_matches");
+    let f = Fixture::new(
+        "rules:\n  - {name: dns, protocol: udp, port: 53, limit: 5, window: 1s}\n  - {name: udp, protocol: udp, limit: 2, window: 1s}\n",
+    );
+    assert_eq!(
+        f.passes(
+            &Packet::v4([198, 18, 0, 2], L4::Udp { dport: 9999 }).build(),
+            5
+        ),
+        2
+    );
+    assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 5);
+    assert_eq!(f.counters(1).passed, 5);
+    assert_eq!(f.counters(2).passed, 2);
+}
+
+#[test]
+fn allowlist_bypasses_everything() {
+    root_or_skip!("allowlist_bypasses_everything");
+    let yaml = format!(
+        "{UDP53}allow: [198.18.7.0/24, \"2001:db8:7::/48\"]\ndeny: [{{cidr: 198.18.0.0/16}}]\n"
+    );
+    let f = Fixture::new(&yaml);
+    assert_eq!(f.passes(&udp53([198, 18, 7, 9]), 10), 10);
+    let v6_allowed = Packet::v6("2001:db8:7::9".parse().unwrap(), L4::Udp { dport: 53 }).build();
+    assert_eq!(f.passes(&v6_allowed, 10), 10);
+    assert_eq!(f.counters(0).allowlisted, 20);
+    assert_eq!(f.counters(1).passed, 0);
+}
+
+#[test]
+fn denylist_drops_until_expiry() {
+    root_or_skip!("denylist_drops_until_expiry");
+    let yaml = format!("{UDP53}deny:\n  - {{cidr: 198.18.66.0/24, ttl: 10s}}\n  - {{cidr: \"2001:db8:66::/48\"}}\n");
+    let mut f = Fixture::new(&yaml);
+    assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_DROP);
+    // Denied sources are dropped for any destination, rule or not.
+    assert_eq!(
+        f.verdict(
+            &Packet::v4(
+                [198, 18, 66, 1],
+                L4::Tcp {
+                    dport: 22,
+                    flags: TCP_SYN
+                }
+            )
+            .build()
+        ),
+        XDP_DROP
+    );
+    let v6_denied = Packet::v6("2001:db8:66::1".parse().unwrap(), L4::Udp { dport: 53 }).build();
+    assert_eq!(f.verdict(&v6_denied), XDP_DROP);
+    assert_eq!(f.counters(0).denylisted, 3);
+    // After the TTL the v4 entry no longer applies; the v6 one never expires.
+    f.set_time(T0 + 11 * SEC);
+    assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_PASS);
+    assert_eq!(f.verdict(&v6_denied), XDP_DROP);
+}
+
+#[test]
+fn neighbour_discovery_always_passes() {
+    root_or_skip!("neighbour_discovery_always_passes");
+    let f = Fixture::new(
+        "rules:\n  - {name: icmp6, protocol: icmpv6, limit: 1, window: 1s}\ndeny: [{cidr: \"2001:db8::/32\"}]\n",
+    );
+    for ty in 133..=137 {
+        let nd = Packet::v6(v6(2), L4::Icmpv6 { ty }).build();
+        assert_eq!(f.passes(&nd, 3), 3, "ND type {ty}");
+    }
+    // Echo requests are not ND: denied.
+    assert_eq!(
+        f.verdict(&Packet::v6(v6(2), L4::Icmpv6 { ty: 128 }).build()),
+        XDP_DROP
+    );
+}
+
+#[test]
+fn icmp_rules_limit_icmp() {
+    root_or_skip!("icmp_rules_limit_icmp");
+    let f = Fixture::new("rules:\n  - {name: ping, protocol: icmp, limit: 2, window: 1s}\n");
+    assert_eq!(
+        f.passes(&Packet::v4([198, 18, 0, 2], L4::Icmp { ty: 8 }).build(), 5),
+        2
+    );
+}
+
+#[test]
+fn byte_rules_count_frame_bytes() {
+    root_or_skip!("byte_rules_count_frame_bytes");
+    let f = Fixture::new(
+        "rules:\n  - {name: b, protocol: udp, port: 53, unit: bytes, limit: 1000, window: 1s}\n",
+    );
+    let p = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+        .with_payload(258)
+        .build();
+    assert_eq!(p.len(), 300);
+    assert_eq!(f.passes(&p, 5), 3);
+    // 100 bytes are left: a small frame still fits.
+    let small = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+        .with_payload(58)
+        .build();
+    assert_eq!(f.verdict(&small), XDP_PASS);
+    let c = f.counters(1);
+    assert_eq!((c.bytes_passed, c.bytes_dropped), (1000, 600));
+}
+
+#[test]
+fn connection_rules_count_only_syn_without_ack() {
+    root_or_skip!("connection_rules_count_only_syn_without_ack");
+    let f = Fixture::new("rules:\n  - {name: c, protocol: tcp, port: 443, unit: connections, limit: 2, window: 1s}\n");
+    let syn = Packet::v4(
+        [198, 18, 0, 2],
+        L4::Tcp {
+            dport: 443,
+            flags: TCP_SYN,
+        },
+    )
+    .build();
+    let ack = Packet::v4(
+        [198, 18, 0, 2],
+        L4::Tcp {
+            dport: 443,
+            flags: TCP_ACK,
+        },
+    )
+    .build();
+    let syn_ack = Packet::v4(
+        [198, 18, 0, 2],
+        L4::Tcp {
+            dport: 443,
+            flags: TCP_SYN | TCP_ACK,
+        },
+    )
+    .build();
+    assert_eq!(f.passes(&syn, 5), 2);
+    assert_eq!(f.passes(&ack, 50), 50, "established traffic is not limited");
+    assert_eq!(f.passes(&syn_ack, 5), 5, "SYN-ACK is not a new connection");
+    let syn6 = Packet::v6(
+        v6(2),
+        L4::Tcp {
+            dport: 443,
+            flags: TCP_SYN,
+        },
+    )
+    .build();
+    assert_eq!(f.passes(&syn6, 5), 2);
+}
+
+#[test]
+fn mark_rewrites_dscp_with_a_valid_checksum() {
+    root_or_skip!("mark_rewrites_dscp_with_a_valid_checksum");
+    let f = Fixture::new(
+        "rules:\n  - {name: m, protocol: udp, port: 53, limit: 1, window: 1s, action: mark, dscp: 46}\n",
+    );
+    let p = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 }).with_v4_options(8);
+    let frame = p.build();
+    let (v, out) = f.run(&frame);
+    assert_eq!((v, &out), (XDP_PASS, &frame), "within quota: untouched");
+    let (v, out) = f.run(&frame);
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(out[15] >> 2, 46, "DSCP");
+    assert_eq!(
+        checksum(&out[14..14 + 28]),
+        0,
+        "IPv4 header checksum still verifies"
+    );
+    assert_eq!(out[..15], frame[..15]);
+    assert_eq!(out[16..24], frame[16..24]);
+    assert_eq!(out[26..], frame[26..]);
+
+    let ecn = Packet::v6(v6(2), L4::Udp { dport: 53 }).with_vlans(&[TPID_8021Q]);
+    let mut frame6 = ecn.build();
+    frame6[18 + 1] |= 0x30; // ECN = 3, low nibble of the traffic class
+    f.run(&frame6);
+    let (v, out) = f.run(&frame6);
+    assert_eq!(v, XDP_PASS);
+    let tclass = (out[18] & 0x0f) << 4 | out[19] >> 4;
+    assert_eq!((tclass >> 2, tclass & 3), (46, 3), "DSCP set, ECN kept");
+    assert_eq!(out[18] >> 4, 6, "version kept");
+    assert_eq!(f.counters(1).marked, 2);
+}
+
+#[test]
+fn dry_run_counts_but_passes() {
+    root_or_skip!("dry_run_counts_but_passes");
+    let f = Fixture::new(
+        "rules:\n  - {name: d, protocol: udp, port: 53, limit: 2, window: 1s, action: dry-run}\n",
+    );
+    assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 10);
+    let c = f.counters(1);
+    assert_eq!((c.passed, c.dry_run, c.dropped), (10, 8, 0));
+}
+
+#[test]
+fn truncated_packets_pass_and_are_counted_at_every_boundary() {
+    root_or_skip!("truncated_packets_pass_and_are_counted_at_every_boundary");
+    let f = Fixture::new(
+        "rules:\n  - {name: t, protocol: tcp, limit: 1, window: 1s}\n  - {name: u, protocol: udp, limit: 1, window: 1s}\n  - {name: i, protocol: icmp, limit: 1, window: 1s}\n",
+    );
+    let kinds = [
+        Packet::v4(
+            [198, 18, 0, 2],
+            L4::Tcp {
+                dport: 80,
+                flags: TCP_SYN,
+            },
+        ),
+        Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+            .with_v4_options(12)
+            .with_vlans(&[TPID_8021Q]),
+        Packet::v4([198, 18, 0, 2], L4::Icmp { ty: 8 }),
+        Packet::v6(
+            v6(2),
+            L4::Tcp {
+                dport: 80,
+                flags: TCP_SYN,
+            },
+        )
+        .with_vlans(&[TPID_8021AD, TPID_8021Q]),
+        Packet::v6(v6(2), L4::Udp { dport: 53 }).with_v6_ext(vec![Ext::HopByHop, Ext::Fragment(0)]),
+        Packet::v6(v6(2), L4::Icmpv6 { ty: 128 }),
+    ];
+    let mut cut = 0;
+    for p in &kinds {
+        let frame = p.build();
+        // Every header boundary, one byte either side, and one byte short of the whole frame.
+        let mut lengths: Vec<usize> = p
+            .boundaries()
+            .iter()
+            .flat_map(|b| [b - 1, *b, b + 1])
+            .collect();
+        lengths.push(frame.len() - 1);
+        lengths.retain(|l| (14..frame.len()).contains(l));
+        lengths.sort();
+        lengths.dedup();
+        for len in lengths {
+            assert_eq!(f.verdict(&frame[..len]), XDP_PASS, "{p:?} cut at {len}");
+            cut += 1;
+        }
+    }
+    let c = f.counters(0);
+    assert_eq!(
+        c.malformed, cut,
+        "every truncated frame is counted as malformed"
+    );
+    assert_eq!(f.dp.totals(3).unwrap().dropped, 0);
+    for id in 1..=3 {
+        assert_eq!(
+            f.counters(id).new_sources,
+            0,
+            "no rule saw a truncated frame"
+        );
+    }
+}
+
+#[test]
+fn malformed_headers_pass() {
+    root_or_skip!("malformed_headers_pass");
+    let f = Fixture::new(UDP53);
+    let good = udp53([198, 18, 0, 2]);
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x55;
+    let mut short_ihl = good.clone();
+    short_ihl[14] = 0x44;
+    let mut long_total = good.clone();
+    long_total[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    let mut v6_bad = Packet::v6(v6(2), L4::Udp { dport: 53 }).build();
+    v6_bad[14] = 0x40;
+    for frame in [&bad_version, &short_ihl, &long_total, &v6_bad] {
+        assert_eq!(f.verdict(frame), XDP_PASS);
+    }
+    assert_eq!(f.counters(0).malformed, 4);
+    // Random frames never abort.
+    let mut seed = 0x2545f4914f6cdd1du64;
+    for _ in 0..2000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = 14 + (seed % 200) as usize;
+        let mut frame: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
+        if seed % 3 == 0 {
+            frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        } else if seed % 3 == 1 {
+            frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        }
+        assert_ne!(f.verdict(&frame), XDP_ABORTED);
+    }
+}
+
+#[test]
+fn reload_switches_rule_sets_in_one_step() {
+    root_or_skip!("reload_switches_rule_sets_in_one_step");
+    let mut f = Fixture::new(UDP53);
+    assert_eq!(f.dp.settings().unwrap().generation, 1);
+    assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 3);
+    let config = Config::from_yaml(
+        "rules:\n  - {name: dns, protocol: udp, port: 53, limit: 5, window: 1s}\n",
+    )
+    .unwrap();
+    assert_eq!(f.dp.apply(&config).unwrap(), 2);
+    let s = f.dp.settings().unwrap();
+    assert_eq!((s.generation, s.active_slot), (2, 0));
+    // Same rule id: the source's window carries on, with the higher limit.
+    assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 2);
+    // Removing every rule stops limiting.
+    f.dp.apply(&Config::from_yaml("{}").unwrap()).unwrap();
+    assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 10);
+}
+
+#[test]
+fn one_source_on_two_cpus_gets_the_limit_once() {
+    root_or_skip!("one_source_on_two_cpus_gets_the_limit_once");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let f =
+        Fixture::new("rules:\n  - {name: r, protocol: udp, port: 53, limit: 5000, window: 1s}\n");
+    let frame = udp53([198, 18, 0, 2]);
+    let fixture = &f;
+    let passed: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cpus.max(2))
+            .map(|cpu| {
+                let frame = frame.clone();
+                s.spawn(move || {
+                    pin_to_cpu(cpu % cpus);
+                    fixture.passes(&frame, 10_000)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(
+        passed, 5000,
+        "{cpus} CPUs, one shared window: exactly the limit"
+    );
+    let c = f.counters(1);
+    assert_eq!(
+        (c.passed, c.dropped),
+        (5000, 10_000 * cpus.max(2) as u64 - 5000)
+    );
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t for the current thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
