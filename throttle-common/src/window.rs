@@ -14,17 +14,16 @@
 //! Integer only (the verifier accepts no floats): the weight is a fixed-point fraction of
 //! [`WEIGHT_BITS`] bits, and the one divisor, `W`, is checked for zero.
 //!
-//! # Error bounds (tested in `tests` below and in `tests/window_props.rs`)
+//! # Error bounds (property-tested in `tests/window_props.rs`)
 //! - Within any window-aligned interval at most `limit` units are admitted.
 //! - Within any interval of length `W` at most `2 * limit` units are admitted; this is the
 //!   worst case of the estimator (a burst at the very end of one window, then traffic at the end of
 //!   the next), against `limit` for an exact sliding log.
-//! - Fixed-point rounding: the previous window's share is never more than
-//!   `prev / 2^WEIGHT_BITS` below, nor 1 unit above, the exact `prev * (W - elapsed) / W`;
-//!   for `prev < 2^20` a whole-numbered share is exact.
-//! - For a source sending at a steady rate, the admitted total over `n >= 1` windows is within
-//!   `n + 1` units of what an exact sliding log admits, and a steady source of at most
-//!   `limit - 2` units per window is never refused.
+//! - Fixed-point rounding: the previous window's share is within `1/2 + prev / 2^WEIGHT_BITS`
+//!   units of the exact `prev * (W - elapsed) / W` (rounded to the nearest unit).
+//! - A flood at a steady rate is admitted what an exact sliding log admits, within one unit per
+//!   window (so within 0.1% once `limit >= 1000`); a steady source of at most `limit - 1` units
+//!   per window is never refused (zero false positives).
 //!
 //! Concurrency: the state lives in one shared (not per-CPU) map value and is updated with
 //! atomics, so a source whose packets land on several CPUs still gets `limit`, not
@@ -78,9 +77,10 @@ pub fn prev_weight(elapsed: u64, window: u64) -> u64 {
 #[inline(always)]
 pub fn estimate(prev: u64, curr: u64, elapsed: u64, window: u64) -> u64 {
     let prev = if prev > MAX_LIMIT { MAX_LIMIT } else { prev };
-    // Rounded up, so a share that is a whole number in exact arithmetic (6 of 10 at 60%) stays
-    // whole although the weight was rounded down. Fits: 2^43 * 2^20 + 2^20 < 2^64.
-    let weighted = (prev * prev_weight(elapsed, window) + (1 << WEIGHT_BITS) - 1) >> WEIGHT_BITS;
+    // Rounded to the nearest unit: 6 of 10 at 60% stays 6 although the weight was rounded
+    // down, and a sliver of a unit at the end of a window does not cost a whole one.
+    // Fits: 2^43 * 2^20 + 2^19 < 2^64.
+    let weighted = (prev * prev_weight(elapsed, window) + (1 << (WEIGHT_BITS - 1))) >> WEIGHT_BITS;
     weighted.saturating_add(curr)
 }
 
