@@ -3,6 +3,7 @@
 
 pub mod netns;
 pub mod packet;
+pub mod traffic;
 
 /// True when the test may run. Root-only tests call this first: without root they print why
 /// they skip, unless `THROTTLE_TEST_ROOT_REQUIRED` is set (as `cargo xtask test` does as

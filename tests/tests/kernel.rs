@@ -13,6 +13,7 @@ use throttle_ctl::{
 use throttle_tests::{
     have_root,
     packet::{arp, checksum, Ext, Packet, L4, TCP_ACK, TCP_SYN, TPID_8021AD, TPID_8021Q},
+    traffic::pin_to_cpu,
 };
 
 const XDP_ABORTED: u32 = 0;
@@ -586,13 +587,4 @@ fn one_source_on_two_cpus_gets_the_limit_once() {
         (c.passed, c.dropped),
         (5000, 10_000 * cpus.max(2) as u64 - 5000)
     );
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: plain libc calls on a zeroed cpu_set_t for the current thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
