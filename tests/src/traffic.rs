@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Barrier,
+        Arc, Barrier, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -88,33 +88,51 @@ pub fn force_rcvbuf(sock: &UdpSocket, bytes: i32) {
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
+/// Datagrams received per source address, readable while the receiver runs.
+#[derive(Clone, Default)]
+pub struct Received(Arc<Mutex<HashMap<IpAddr, u64>>>);
+
+impl Received {
+    pub fn from(&self, source: &str) -> u64 {
+        let addr: IpAddr = source.parse().expect("an IP address");
+        self.0.lock().unwrap().get(&addr).copied().unwrap_or(0)
+    }
+}
+
 /// Counts datagrams per source address on [::]:`port` in the receiver namespace, until `stop`
 /// is set and the socket is idle. Returns once the socket is bound.
 pub fn receiver(
     lab: &Lab,
     port: u16,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<HashMap<IpAddr, u64>> {
+) -> (std::thread::JoinHandle<()>, Received) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let received = Received::default();
+    let counts = received.clone();
     let handle = Lab::in_ns(&lab.receiver, move || {
         let sock = UdpSocket::bind(("::", port)).expect("bind receiver");
         force_rcvbuf(&sock, 256 << 20);
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         tx.send(()).unwrap();
-        let mut counts = HashMap::new();
         let mut buf = [0u8; 2048];
         loop {
             match sock.recv_from(&mut buf) {
-                Ok((_, from)) => *counts.entry(from.ip().to_canonical()).or_insert(0) += 1,
+                Ok((_, from)) => {
+                    *counts
+                        .0
+                        .lock()
+                        .unwrap()
+                        .entry(from.ip().to_canonical())
+                        .or_insert(0) += 1
+                }
                 Err(_) if stop.load(Ordering::Relaxed) => break,
                 Err(_) => {}
             }
         }
-        counts
     });
     rx.recv().expect("receiver ready");
-    handle
+    (handle, received)
 }
 
 pub fn pin_to_cpu(cpu: usize) {

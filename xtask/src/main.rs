@@ -1,7 +1,8 @@
-//! `cargo xtask`: provisions the eBPF toolchain, builds the XDP object and throttle-ctl, and
-//! runs the test tiers. See `cargo xtask --help`.
+//! `cargo xtask`: provisions the eBPF toolchain, builds the XDP object and throttle-ctl, runs
+//! the test tiers, the demo lab and the benchmarks. See `cargo xtask --help`.
 mod build;
 mod cmd;
+mod lab;
 mod setup;
 mod test;
 
@@ -46,6 +47,13 @@ enum Task {
     },
     /// Set up, build the XDP program, then run the test tiers (host, kernel, e2e).
     Test(test::Args),
+    /// Build a namespace lab, run throttle-ctl in it, flood it and print the counters (root).
+    Demo,
+    /// Run a benchmark suite; writes docs/bench/latest.json and docs/benchmarks.md (root).
+    Bench {
+        #[arg(value_enum, default_value_t = lab::Suite::Xdp)]
+        suite: lab::Suite,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +62,8 @@ fn main() -> ExitCode {
         Task::BuildEbpf { debug } => build::build_ebpf(!debug).map(drop),
         Task::Build { release } => build::build(release),
         Task::Test(args) => test::test(args),
+        Task::Demo => lab::demo(),
+        Task::Bench { suite } => lab::bench(suite),
     };
     // The context chain on one line; anyhow's Debug adds a backtrace under RUST_BACKTRACE.
     if let Err(e) = result {
