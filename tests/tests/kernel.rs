@@ -280,6 +280,17 @@ fn allowlist_bypasses_everything() {
 }
 
 #[test]
+fn allow_wins_over_a_more_specific_deny() {
+    root_or_skip!("allow_wins_over_a_more_specific_deny");
+    let f =
+        Fixture::new("allow: [198.18.7.0/24]\ndeny: [{cidr: 198.18.7.9}, {cidr: 198.18.0.0/16}]\n");
+    assert_eq!(f.verdict(&udp53([198, 18, 7, 9])), XDP_PASS);
+    assert_eq!(f.verdict(&udp53([198, 18, 8, 9])), XDP_DROP);
+    let c = f.counters(0);
+    assert_eq!((c.allowlisted, c.denylisted), (1, 1));
+}
+
+#[test]
 fn denylist_drops_until_expiry() {
     root_or_skip!("denylist_drops_until_expiry");
     let yaml = format!("{UDP53}deny:\n  - {{cidr: 198.18.66.0/24, ttl: 10s}}\n  - {{cidr: \"2001:db8:66::/48\"}}\n");
@@ -553,6 +564,21 @@ fn reload_switches_rule_sets_in_one_step() {
     assert_eq!((s.generation, s.active_slot), (2, 0));
     // Same rule id: the source's window carries on, with the higher limit.
     assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 2);
+    // Slot 1 is reused now: the UDP 53 rule of generation 1 must not linger in it.
+    let other = Config::from_yaml(
+        "rules:\n  - {name: ntp, protocol: udp, port: 123, limit: 1, window: 1s}\n",
+    )
+    .unwrap();
+    assert_eq!(f.dp.apply(&other).unwrap(), 3);
+    assert_eq!(f.dp.settings().unwrap().active_slot, 1);
+    assert_eq!(f.passes(&udp53([198, 18, 0, 9]), 10), 10);
+    assert_eq!(
+        f.passes(
+            &Packet::v4([198, 18, 0, 9], L4::Udp { dport: 123 }).build(),
+            10
+        ),
+        1
+    );
     // Removing every rule stops limiting.
     f.dp.apply(&Config::from_yaml("{}").unwrap()).unwrap();
     assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 10);

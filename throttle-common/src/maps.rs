@@ -12,7 +12,11 @@ pub const MAX_RULES: u32 = 1024;
 /// Rules are written into the inactive one of two slots, then the slot is switched in one write,
 /// so no packet sees a half-written rule set.
 pub const RULE_SLOTS: u32 = 2;
-/// Entries per allow/deny trie and address family.
+/// Protocols rules can match, in `RULE_INDEX` order: TCP, UDP, ICMP, ICMPv6.
+pub const RULE_PROTOCOLS: u32 = 4;
+/// Entries of `RULE_INDEX`: a rule id for every (slot, protocol, destination port).
+pub const RULE_INDEX_ENTRIES: u32 = RULE_SLOTS * RULE_PROTOCOLS * 65_536;
+/// Entries per access-list trie (allow and deny together) and address family.
 pub const MAX_CIDRS: u32 = 65_536;
 /// Default size of the per-(source, rule) state table.
 pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
@@ -20,13 +24,12 @@ pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 /// Map names, shared so the controller never misspells one.
 pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
+    pub const RULE_INDEX: &str = "RULE_INDEX";
     pub const RULES: &str = "RULES";
     pub const SOURCES: &str = "SOURCES";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    pub const DENY_V4: &str = "DENY_V4";
-    pub const DENY_V6: &str = "DENY_V6";
+    pub const ACL_V4: &str = "ACL_V4";
+    pub const ACL_V6: &str = "ACL_V6";
     /// Load-time constant: when non-zero, the program reads time from `Settings::clock_override_ns`.
     pub const TEST_CLOCK: &str = "TEST_CLOCK";
     /// Name of the XDP program in the object.
@@ -44,16 +47,29 @@ pub mod proto {
 /// Port value of a rule that matches every destination port of its protocol.
 pub const ANY_PORT: u16 = 0;
 
-/// Key of the `RULES` hash map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RuleKey {
-    /// Rule-set slot, 0 or 1; see [`RULE_SLOTS`].
-    pub slot: u8,
-    /// IP protocol number (ICMP and ICMPv6 rules use [`ANY_PORT`]).
-    pub proto: u8,
-    /// Destination port in host byte order, or [`ANY_PORT`].
-    pub port: u16,
+/// Position of a protocol in `RULE_INDEX`, or None if no rule can match it.
+#[inline(always)]
+pub fn rule_protocol(protocol: u8) -> Option<u32> {
+    match protocol {
+        proto::TCP => Some(0),
+        proto::UDP => Some(1),
+        proto::ICMP => Some(2),
+        proto::ICMPV6 => Some(3),
+        _ => None,
+    }
+}
+
+/// Index into `RULE_INDEX` (an array: the lookup is inlined by the verifier, no hashing).
+/// Port [`ANY_PORT`] holds the protocol's wildcard rule.
+#[inline(always)]
+pub fn rule_index(slot: u32, protocol: u32, port: u16) -> u32 {
+    (slot & 1) << 18 | (protocol & 3) << 16 | port as u32
+}
+
+/// Index into `RULES` of rule `id` in `slot`.
+#[inline(always)]
+pub fn rule_slot_index(slot: u32, id: u32) -> u32 {
+    (slot & 1) * MAX_RULES + id % MAX_RULES
 }
 
 /// What a rule counts.
@@ -78,14 +94,14 @@ pub enum Action {
     DryRun = 2,
 }
 
-/// Value of the `RULES` map.
+/// Value of the `RULES` array; an all-zero entry (limit 0) is no rule.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
     /// Units per window, at most [`crate::window::MAX_LIMIT`].
     pub limit: u64,
-    /// Window length in ns, 1..=[`crate::window::MAX_WINDOW_NS`].
-    pub window_ns: u64,
+    /// Window length, 1 ns ..= [`crate::window::MAX_WINDOW_NS`], with its reciprocal.
+    pub window: crate::Window,
     /// 1..MAX_RULES: index of the rule's counters and part of the source key.
     pub id: u32,
     /// [`Unit`] as u8.
@@ -94,7 +110,11 @@ pub struct Rule {
     pub action: u8,
     /// DSCP (0..=63) written by [`Action::Mark`].
     pub dscp: u8,
-    pub _pad: u8,
+    /// What the rule matches: IP protocol and destination port (or [`ANY_PORT`]), kept so the
+    /// controller can clear the rule's `RULE_INDEX` entry.
+    pub proto: u8,
+    pub port: u16,
+    pub _pad: [u8; 6],
 }
 
 impl Rule {
@@ -139,30 +159,33 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 pub struct Settings {
     /// Slot of the active rule set.
     pub active_slot: u32,
-    /// Number of allowlist / denylist entries; an empty list costs no lookup.
-    pub allow_entries: u32,
-    pub deny_entries: u32,
+    /// Number of access-list entries; an empty list costs no lookup.
+    pub acl_entries: u32,
     /// [`SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
+    pub _pad: u32,
     /// Generation of the applied rule set, reported by the controller.
     pub generation: u64,
     /// Time seen by the program when it was loaded with `TEST_CLOCK` set; ignored otherwise.
     pub clock_override_ns: u64,
 }
 
-/// Value of the `DENY_*` tries.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DenyEntry {
-    /// CLOCK_MONOTONIC ns after which the entry no longer applies; 0 = never expires.
-    pub expires_ns: u64,
-}
+/// [`AclEntry::kind`]: never limited.
+pub const ACL_ALLOW: u8 = 1;
+/// [`AclEntry::kind`]: always dropped (until `expires_ns`).
+pub const ACL_DENY: u8 = 2;
 
-/// Value of the `ALLOW_*` tries (presence is what matters).
+/// Value of the `ACL_V4` / `ACL_V6` tries, keyed by prefix: allowlist and denylist in one trie,
+/// so a packet pays one longest-prefix lookup. The controller leaves out deny entries that lie
+/// inside an allow entry, which keeps "allow wins" under longest-prefix matching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AllowEntry {
-    pub _reserved: u64,
+pub struct AclEntry {
+    /// [`ACL_ALLOW`] or [`ACL_DENY`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    /// CLOCK_MONOTONIC ns after which a deny entry no longer applies; 0 = never expires.
+    pub expires_ns: u64,
 }
 
 /// Per-rule counters, one per CPU (`COUNTERS` is a per-CPU array indexed by rule id).
@@ -210,12 +233,10 @@ mod pod {
     use super::*;
     use crate::window::WindowState;
     // SAFETY: all are repr(C) with explicit padding and only integer fields: any bit pattern is valid.
-    unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for DenyEntry {}
-    unsafe impl aya::Pod for AllowEntry {}
+    unsafe impl aya::Pod for AclEntry {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for WindowState {}
 }
@@ -227,11 +248,25 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<RuleKey>(), 4);
-        assert_eq!(size_of::<Rule>(), 24);
+        assert_eq!(size_of::<Rule>(), 40);
+        assert_eq!(size_of::<AclEntry>(), 16);
         assert_eq!(size_of::<SourceKey>(), 20);
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<Counters>(), 11 * 8);
         assert_eq!(size_of::<crate::WindowState>(), 24);
+    }
+
+    #[test]
+    fn rule_indexes_cover_their_arrays_without_overlap() {
+        assert_eq!(rule_index(1, 3, 65_535), RULE_INDEX_ENTRIES - 1);
+        assert_eq!(rule_index(0, 0, 0), 0);
+        assert_ne!(rule_index(0, 1, 80), rule_index(1, 1, 80));
+        assert_ne!(rule_index(0, 0, 80), rule_index(0, 1, 80));
+        assert_eq!(
+            rule_slot_index(1, MAX_RULES - 1),
+            RULE_SLOTS * MAX_RULES - 1
+        );
+        assert_eq!(rule_protocol(proto::UDP), Some(1));
+        assert_eq!(rule_protocol(47), None);
     }
 }

@@ -12,7 +12,8 @@
 //! units are counted, so a flooding source still gets its full quota.
 //!
 //! Integer only (the verifier accepts no floats): the weight is a fixed-point fraction of
-//! [`WEIGHT_BITS`] bits, and the one divisor, `W`, is checked for zero.
+//! [`WEIGHT_BITS`] bits. No division per packet either: [`Window`] carries the reciprocal of
+//! `W`, computed (with its zero check) when the rules are written.
 //!
 //! # Error bounds (property-tested in `tests/window_props.rs`)
 //! - Within any window-aligned interval at most `limit` units are admitted.
@@ -63,19 +64,41 @@ impl WindowState {
     }
 }
 
-/// Weight of the previous window, `(W - elapsed) / W`, as a fraction of `2^WEIGHT_BITS`.
+/// A window length and its reciprocal, `ceil(2^63 / ns)`, computed once when rules are written
+/// so the per-packet weight costs a multiplication instead of a 64-bit division.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub ns: u64,
+    pub inv: u64,
+}
+
+impl Window {
+    /// `ns` is at most [`MAX_WINDOW_NS`]; 0 gives a window that never weighs the past.
+    pub const fn new(ns: u64) -> Self {
+        let inv = if ns == 0 {
+            0
+        } else {
+            ((1u64 << 63) + ns - 1) / ns
+        };
+        Window { ns, inv }
+    }
+}
+
+/// Weight of the previous window, `(W - elapsed) / W`, as a fraction of `2^WEIGHT_BITS`
+/// (within one unit of it).
 #[inline(always)]
-pub fn prev_weight(elapsed: u64, window: u64) -> u64 {
-    if window == 0 || elapsed >= window {
+pub fn prev_weight(elapsed: u64, window: Window) -> u64 {
+    if elapsed >= window.ns {
         return 0;
     }
-    // window <= MAX_WINDOW_NS = 2^43, so the shift cannot overflow.
-    ((window - elapsed) << WEIGHT_BITS) / window
+    // (W - elapsed) * ceil(2^63 / W) < 2^63 + W <= 2^63 + 2^43: fits in u64.
+    ((window.ns - elapsed) * window.inv) >> (63 - WEIGHT_BITS)
 }
 
 /// Estimated units used in the sliding window ending `elapsed` ns into the current window.
 #[inline(always)]
-pub fn estimate(prev: u64, curr: u64, elapsed: u64, window: u64) -> u64 {
+pub fn estimate(prev: u64, curr: u64, elapsed: u64, window: Window) -> u64 {
     let prev = if prev > MAX_LIMIT { MAX_LIMIT } else { prev };
     // Rounded to the nearest unit: 6 of 10 at 60% stays 6 although the weight was rounded
     // down, and a sliver of a unit at the end of a window does not cost a whole one.
@@ -97,18 +120,24 @@ pub fn estimate(prev: u64, curr: u64, elapsed: u64, window: u64) -> u64 {
 /// `state` must point to a valid, 8-byte aligned `WindowState` (a map value in the kernel) that
 /// is only accessed through this function while it runs.
 #[inline(always)]
-pub unsafe fn admit(state: *mut WindowState, now: u64, window: u64, limit: u64, cost: u64) -> bool {
+pub unsafe fn admit(
+    state: *mut WindowState,
+    now: u64,
+    window: Window,
+    limit: u64,
+    cost: u64,
+) -> bool {
     let start = unsafe { addr_of_mut!((*state).start_ns) };
     let prev = unsafe { addr_of_mut!((*state).prev) };
     let curr = unsafe { addr_of_mut!((*state).curr) };
     // SAFETY (all atomic calls): the three pointers are fields of the caller's valid state.
     let mut start_ns = unsafe { atomic::load(start) };
     let mut elapsed = now.saturating_sub(start_ns);
-    if elapsed >= window {
+    if elapsed >= window.ns {
         // One window later the current count becomes the previous one; after two or more
         // windows of silence nothing carries over and the source starts afresh at `now`.
-        let adjacent = elapsed < window.saturating_mul(2);
-        let new_start = if adjacent { start_ns + window } else { now };
+        let adjacent = elapsed < window.ns.saturating_mul(2);
+        let new_start = if adjacent { start_ns + window.ns } else { now };
         if unsafe { atomic::compare_exchange(start, start_ns, new_start) } {
             let finished = unsafe { atomic::swap(curr, 0) };
             unsafe { atomic::swap(prev, if adjacent { finished } else { 0 }) };
@@ -135,24 +164,36 @@ mod tests {
     use super::*;
 
     const W: u64 = 1_000_000_000;
+    const WINDOW: Window = Window::new(W);
 
     fn run(state: &mut WindowState, now: u64, limit: u64) -> bool {
-        unsafe { admit(state, now, W, limit, 1) }
+        unsafe { admit(state, now, WINDOW, limit, 1) }
     }
 
     #[test]
     fn weight_is_guarded_and_monotone() {
-        assert_eq!(prev_weight(0, 0), 0);
-        assert_eq!(prev_weight(0, W), 1 << WEIGHT_BITS);
-        assert_eq!(prev_weight(W, W), 0);
-        assert_eq!(prev_weight(W / 2, W), 1 << (WEIGHT_BITS - 1));
-        assert!(prev_weight(W / 3, W) > prev_weight(W / 2, W));
+        assert_eq!(prev_weight(0, Window::new(0)), 0);
+        assert_eq!(prev_weight(0, WINDOW), 1 << WEIGHT_BITS);
+        assert_eq!(prev_weight(W, WINDOW), 0);
+        assert_eq!(prev_weight(W / 2, WINDOW), 1 << (WEIGHT_BITS - 1));
+        assert!(prev_weight(W / 3, WINDOW) > prev_weight(W / 2, WINDOW));
+        for ns in [1, 3, 7, 999_999_937, MAX_WINDOW_NS] {
+            assert_eq!(
+                prev_weight(0, Window::new(ns)),
+                1 << WEIGHT_BITS,
+                "window {ns}"
+            );
+            if ns > 1 {
+                assert!(prev_weight(ns - 1, Window::new(ns)) < 1 << WEIGHT_BITS);
+            }
+        }
     }
 
     #[test]
     fn estimate_does_not_overflow_at_the_limits() {
-        assert_eq!(estimate(MAX_LIMIT, 0, 0, MAX_WINDOW_NS), MAX_LIMIT);
-        assert_eq!(estimate(u64::MAX, u64::MAX, 0, MAX_WINDOW_NS), u64::MAX);
+        let widest = Window::new(MAX_WINDOW_NS);
+        assert_eq!(estimate(MAX_LIMIT, 0, 0, widest), MAX_LIMIT);
+        assert_eq!(estimate(u64::MAX, u64::MAX, 0, widest), u64::MAX);
     }
 
     #[test]
@@ -190,8 +231,8 @@ mod tests {
     #[test]
     fn cost_larger_than_limit_is_refused() {
         let mut s = WindowState::new(0);
-        assert!(!unsafe { admit(&mut s, 0, W, 100, 101) });
-        assert!(unsafe { admit(&mut s, 0, W, 100, 100) });
+        assert!(!unsafe { admit(&mut s, 0, WINDOW, 100, 101) });
+        assert!(unsafe { admit(&mut s, 0, WINDOW, 100, 100) });
         assert_eq!(s.curr, 100);
     }
 

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
-use throttle_common::window::{admit, estimate, WindowState, WEIGHT_BITS};
+use throttle_common::window::{admit, estimate, Window, WindowState, WEIGHT_BITS};
 
 const W: u64 = 1_000_000_000;
 
@@ -43,7 +43,7 @@ fn run(arrivals: &[u64], limit: u64) -> Vec<(u64, u64, bool)> {
     arrivals
         .iter()
         .map(|&t| {
-            let ok = unsafe { admit(&mut s, t, W, limit, 1) };
+            let ok = unsafe { admit(&mut s, t, Window::new(W), limit, 1) };
             (t, s.start_ns, ok)
         })
         .collect()
@@ -85,7 +85,7 @@ proptest! {
     #[test]
     fn estimate_is_within_rounding_of_the_exact_formula(prev in 0u64..1 << 40, curr in 0u64..1 << 40, elapsed in 0..W) {
         let exact = prev as f64 * (W - elapsed) as f64 / W as f64 + curr as f64;
-        let got = estimate(prev, curr, elapsed, W) as f64;
+        let got = estimate(prev, curr, elapsed, Window::new(W)) as f64;
         let bound = 0.5 + prev as f64 / (1u64 << WEIGHT_BITS) as f64 + 1e-6 * exact;
         prop_assert!((got - exact).abs() <= bound, "got {got}, exact {exact}");
     }
@@ -125,10 +125,10 @@ fn twice_the_limit_is_reachable() {
     let mut s = WindowState::new(0);
     let mut admitted = 0;
     for _ in 0..limit {
-        admitted += unsafe { admit(&mut s, W - 1, W, limit, 1) } as u64;
+        admitted += unsafe { admit(&mut s, W - 1, Window::new(W), limit, 1) } as u64;
     }
     for _ in 0..limit {
-        admitted += unsafe { admit(&mut s, 2 * W - 10_000_000, W, limit, 1) } as u64;
+        admitted += unsafe { admit(&mut s, 2 * W - 10_000_000, Window::new(W), limit, 1) } as u64;
     }
     // Both bursts fall within (W - 1, 2W - 10ms], an interval shorter than W.
     assert!(admitted >= 199, "{admitted}");

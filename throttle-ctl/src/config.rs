@@ -416,40 +416,31 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
     })
 }
 
-/// A rule in the form the `RULES` map takes (without the slot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompiledRule {
-    pub proto: u8,
-    pub port: u16,
-    pub rule: Rule,
-}
-
 impl Config {
-    /// Rule ids are positions in the file, from 1 (0 counts unmatched traffic).
-    pub fn compile_rules(&self) -> Vec<CompiledRule> {
+    /// The rules as the `RULES` array takes them; ids are positions in the file, from 1
+    /// (0 counts unmatched traffic).
+    pub fn compile_rules(&self) -> Vec<Rule> {
         self.rules
             .iter()
             .enumerate()
-            .map(|(i, r)| CompiledRule {
+            .map(|(i, r)| Rule {
+                limit: r.limit,
+                window: throttle_common::Window::new(r.window.as_nanos() as u64),
+                id: i as u32 + 1,
+                unit: match r.unit {
+                    UnitConfig::Packets => Unit::Packets,
+                    UnitConfig::Bytes => Unit::Bytes,
+                    UnitConfig::Connections => Unit::NewConnections,
+                } as u8,
+                action: match r.action {
+                    ActionConfig::Drop => Action::Drop,
+                    ActionConfig::Mark => Action::Mark,
+                    ActionConfig::DryRun => Action::DryRun,
+                } as u8,
+                dscp: r.dscp.unwrap_or(0),
                 proto: r.protocol.number(),
                 port: r.port.unwrap_or(ANY_PORT),
-                rule: Rule {
-                    limit: r.limit,
-                    window_ns: r.window.as_nanos() as u64,
-                    id: i as u32 + 1,
-                    unit: match r.unit {
-                        UnitConfig::Packets => Unit::Packets,
-                        UnitConfig::Bytes => Unit::Bytes,
-                        UnitConfig::Connections => Unit::NewConnections,
-                    } as u8,
-                    action: match r.action {
-                        ActionConfig::Drop => Action::Drop,
-                        ActionConfig::Mark => Action::Mark,
-                        ActionConfig::DryRun => Action::DryRun,
-                    } as u8,
-                    dscp: r.dscp.unwrap_or(0),
-                    _pad: 0,
-                },
+                _pad: [0; 6],
             })
             .collect()
     }
@@ -499,18 +490,12 @@ deny:
         assert_eq!(c.max_sources, DEFAULT_MAX_SOURCES);
         let rules = c.compile_rules();
         assert_eq!(rules.len(), 3);
-        assert_eq!(
-            (rules[0].proto, rules[0].port, rules[0].rule.id),
-            (6, 443, 1)
-        );
-        assert_eq!(rules[0].rule.unit, Unit::NewConnections as u8);
-        assert_eq!(rules[1].rule.action, Action::Mark as u8);
-        assert_eq!(rules[1].rule.dscp, 8);
-        assert_eq!(
-            (rules[2].port, rules[2].rule.window_ns),
-            (ANY_PORT, 100_000_000)
-        );
-        assert_eq!(rules[2].rule.action, Action::DryRun as u8);
+        assert_eq!((rules[0].proto, rules[0].port, rules[0].id), (6, 443, 1));
+        assert_eq!(rules[0].unit, Unit::NewConnections as u8);
+        assert_eq!(rules[1].action, Action::Mark as u8);
+        assert_eq!(rules[1].dscp, 8);
+        assert_eq!((rules[2].port, rules[2].window.ns), (ANY_PORT, 100_000_000));
+        assert_eq!(rules[2].action, Action::DryRun as u8);
         assert_eq!(c.allow.len(), 3);
         assert_eq!(c.allow[2].0.prefix_len(), 32);
         assert_eq!(c.deny[0].ttl, Some(Duration::from_secs(3600)));

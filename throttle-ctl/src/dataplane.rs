@@ -1,20 +1,21 @@
 //! The data plane: the XDP program loaded from the embedded object, and its maps.
 //!
 //! Rule sets are applied so that no packet sees a half-written set: rules go into the inactive
-//! slot of the `RULES` map, then one write to `SETTINGS` switches slots, then the old slot is
-//! cleared (see `throttle_common::RULE_SLOTS`).
+//! slot of `RULES` / `RULE_INDEX`, then one write to `SETTINGS` switches slots. The old slot is
+//! left as it is until the next apply clears it, so a packet that read the old slot number just
+//! before the switch still finds a complete rule set.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{collections::HashMap as StdHashMap, net::IpAddr};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
 use ipnet::IpNet;
 use throttle_common::{
-    names, AllowEntry, Counters, DenyEntry, RuleKey, Settings, SourceKey, WindowState, RULE_SLOTS,
-    SCHEMA_VERSION,
+    names, rule_index, rule_protocol, rule_slot_index, AclEntry, Counters, Rule, Settings,
+    SourceKey, WindowState, ACL_ALLOW, ACL_DENY, MAX_RULES, RULE_SLOTS, SCHEMA_VERSION,
 };
 use tracing::{info, warn};
 
@@ -128,62 +129,86 @@ impl Dataplane {
         Ok(used)
     }
 
-    /// Applies a validated config: rules by slot switch, then allow and deny lists.
+    /// Applies a validated config: rules by slot switch, then the access lists.
     /// Returns the new generation.
     pub fn apply(&mut self, config: &Config) -> Result<u64, DataplaneError> {
         let settings = self.settings()?;
-        let old_slot = settings.active_slot as u8;
-        let new_slot = (settings.active_slot + 1) as u8 % RULE_SLOTS as u8;
-
-        let mut rules: HashMap<_, RuleKey, throttle_common::Rule> =
-            HashMap::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-        remove_slot(&mut rules, new_slot)?;
-        for r in config.compile_rules() {
-            let key = RuleKey {
-                slot: new_slot,
-                proto: r.proto,
-                port: r.port,
-            };
-            rules
-                .insert(key, r.rule, 0)
-                .map_err(map_err(names::RULES))?;
+        let new_slot = (settings.active_slot + 1) % RULE_SLOTS;
+        self.clear_slot(new_slot)?;
+        let compiled = config.compile_rules();
+        {
+            let mut rules: Array<_, Rule> =
+                Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
+            for r in &compiled {
+                rules
+                    .set(rule_slot_index(new_slot, r.id), r, 0)
+                    .map_err(map_err(names::RULES))?;
+            }
+        }
+        {
+            // After the rules: an index entry never points at a rule not yet written.
+            let mut index: Array<_, u16> = Array::try_from(self.map(names::RULE_INDEX)?)
+                .map_err(map_err(names::RULE_INDEX))?;
+            for r in &compiled {
+                let protocol = rule_protocol(r.proto).expect("config only has rule protocols");
+                index
+                    .set(rule_index(new_slot, protocol, r.port), r.id as u16, 0)
+                    .map_err(map_err(names::RULE_INDEX))?;
+            }
         }
 
-        let now = self.now_ns()?;
-        let allow: Vec<(Cidr, AllowEntry)> = config
-            .allow
-            .iter()
-            .map(|c| (*c, AllowEntry::default()))
-            .collect();
-        let deny: Vec<(Cidr, DenyEntry)> = config
-            .deny
-            .iter()
-            .map(|d| {
-                let expires_ns = d.ttl.map_or(0, |t| now.saturating_add(t.as_nanos() as u64));
-                (d.cidr, DenyEntry { expires_ns })
-            })
-            .collect();
-        self.sync_list(names::ALLOW_V4, names::ALLOW_V6, &allow)?;
-        self.sync_list(names::DENY_V4, names::DENY_V6, &deny)?;
+        let acl = access_list(config, self.now_ns()?);
+        self.sync_acl(&acl)?;
 
         let generation = settings.generation + 1;
         self.write_settings(|s| {
-            s.active_slot = new_slot as u32;
-            s.allow_entries = allow.len() as u32;
-            s.deny_entries = deny.len() as u32;
+            s.active_slot = new_slot;
+            s.acl_entries = acl.len() as u32;
             s.generation = generation;
         })?;
-        let mut rules: HashMap<_, RuleKey, throttle_common::Rule> =
-            HashMap::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-        remove_slot(&mut rules, old_slot)?;
         info!(
             generation,
-            rules = config.rules.len(),
-            allow = allow.len(),
-            deny = deny.len(),
+            rules = compiled.len(),
+            acl = acl.len(),
             "rules applied"
         );
         Ok(generation)
+    }
+
+    /// Empties a rule slot, using the rules it holds to find their index entries.
+    fn clear_slot(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let mut stale = Vec::new();
+        {
+            let rules: Array<_, Rule> =
+                Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
+            for id in 1..MAX_RULES {
+                let rule = rules
+                    .get(&rule_slot_index(slot, id), 0)
+                    .map_err(map_err(names::RULES))?;
+                if rule != Rule::default() {
+                    stale.push((id, rule));
+                }
+            }
+        }
+        {
+            let mut index: Array<_, u16> = Array::try_from(self.map(names::RULE_INDEX)?)
+                .map_err(map_err(names::RULE_INDEX))?;
+            for (_, rule) in &stale {
+                if let Some(protocol) = rule_protocol(rule.proto) {
+                    index
+                        .set(rule_index(slot, protocol, rule.port), 0, 0)
+                        .map_err(map_err(names::RULE_INDEX))?;
+                }
+            }
+        }
+        let mut rules: Array<_, Rule> =
+            Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
+        for (id, _) in stale {
+            rules
+                .set(rule_slot_index(slot, id), Rule::default(), 0)
+                .map_err(map_err(names::RULES))?;
+        }
+        Ok(())
     }
 
     /// Sets the time the program sees when loaded with `test_clock`.
@@ -270,61 +295,86 @@ impl Dataplane {
         self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))
     }
 
-    /// Makes a pair of tries hold exactly `entries`: new ones are added before stale ones go,
-    /// so an address listed in both the old and the new set is never unlisted in between.
-    fn sync_list<V: aya::Pod>(
-        &mut self,
-        v4_name: &'static str,
-        v6_name: &'static str,
-        entries: &[(Cidr, V)],
-    ) -> Result<(), DataplaneError> {
-        let mut v4: LpmTrie<_, [u8; 4], V> =
-            LpmTrie::try_from(self.map(v4_name)?).map_err(map_err(v4_name))?;
-        let mut keep4 = HashSet::new();
-        for (cidr, value) in entries {
+    /// Makes the access-list tries hold exactly `acl`: new entries are written before stale
+    /// ones go, so an address listed in both the old and the new set is never unlisted between.
+    fn sync_acl(&mut self, acl: &StdHashMap<Cidr, AclEntry>) -> Result<(), DataplaneError> {
+        let mut v4: LpmTrie<_, [u8; 4], AclEntry> =
+            LpmTrie::try_from(self.map(names::ACL_V4)?).map_err(map_err(names::ACL_V4))?;
+        for (cidr, entry) in acl {
             if let IpNet::V4(net) = cidr.0 {
-                v4.insert(
-                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
-                    value,
-                    0,
-                )
-                .map_err(map_err(v4_name))?;
-                keep4.insert((net.prefix_len() as u32, net.addr().octets()));
+                let key = Key::new(net.prefix_len() as u32, net.addr().octets());
+                v4.insert(&key, entry, 0).map_err(map_err(names::ACL_V4))?;
             }
         }
         let stale: Vec<_> = v4
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !keep4.contains(&(k.prefix_len(), k.data())))
+            .filter(|k| {
+                !acl.contains_key(&Cidr(
+                    IpNet::new(k.data().into(), k.prefix_len() as u8).expect("valid prefix"),
+                ))
+            })
             .collect();
         for k in stale {
-            v4.remove(&k).map_err(map_err(v4_name))?;
+            v4.remove(&k).map_err(map_err(names::ACL_V4))?;
         }
 
-        let mut v6: LpmTrie<_, [u8; 16], V> =
-            LpmTrie::try_from(self.map(v6_name)?).map_err(map_err(v6_name))?;
-        let mut keep6 = HashSet::new();
-        for (cidr, value) in entries {
+        let mut v6: LpmTrie<_, [u8; 16], AclEntry> =
+            LpmTrie::try_from(self.map(names::ACL_V6)?).map_err(map_err(names::ACL_V6))?;
+        for (cidr, entry) in acl {
             if let IpNet::V6(net) = cidr.0 {
-                v6.insert(
-                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
-                    value,
-                    0,
-                )
-                .map_err(map_err(v6_name))?;
-                keep6.insert((net.prefix_len() as u32, net.addr().octets()));
+                let key = Key::new(net.prefix_len() as u32, net.addr().octets());
+                v6.insert(&key, entry, 0).map_err(map_err(names::ACL_V6))?;
             }
         }
         let stale: Vec<_> = v6
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !keep6.contains(&(k.prefix_len(), k.data())))
+            .filter(|k| {
+                !acl.contains_key(&Cidr(
+                    IpNet::new(k.data().into(), k.prefix_len() as u8).expect("valid prefix"),
+                ))
+            })
             .collect();
         for k in stale {
-            v6.remove(&k).map_err(map_err(v6_name))?;
+            v6.remove(&k).map_err(map_err(names::ACL_V6))?;
         }
         Ok(())
     }
+}
+
+/// The access list as written to the tries. Allow wins: a deny entry inside (or equal to) an
+/// allow entry is left out, since under longest-prefix matching it would otherwise override
+/// the allow entry for its addresses.
+pub fn access_list(config: &Config, now_ns: u64) -> StdHashMap<Cidr, AclEntry> {
+    let mut acl = StdHashMap::new();
+    for cidr in &config.allow {
+        acl.insert(
+            *cidr,
+            AclEntry {
+                kind: ACL_ALLOW,
+                ..Default::default()
+            },
+        );
+    }
+    for deny in &config.deny {
+        if let Some(allow) = config.allow.iter().find(|a| a.0.contains(&deny.cidr.0)) {
+            warn!(deny = %deny.cidr, allow = %allow, "deny entry lies inside an allow entry; allow wins, deny ignored");
+            continue;
+        }
+        let expires_ns = deny
+            .ttl
+            .map_or(0, |t| now_ns.saturating_add(t.as_nanos() as u64));
+        acl.insert(
+            deny.cidr,
+            AclEntry {
+                kind: ACL_DENY,
+                expires_ns,
+                ..Default::default()
+            },
+        );
+    }
+    acl
 }
 
 fn attach_error(iface: &str, mode: XdpMode, source: ProgramError) -> DataplaneError {
@@ -344,21 +394,6 @@ fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
             what: "XDP program".into(),
             source,
         })
-}
-
-fn remove_slot(
-    rules: &mut HashMap<&mut MapData, RuleKey, throttle_common::Rule>,
-    slot: u8,
-) -> Result<(), DataplaneError> {
-    let keys: Vec<RuleKey> = rules
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.slot == slot)
-        .collect();
-    for k in keys {
-        rules.remove(&k).map_err(map_err(names::RULES))?;
-    }
-    Ok(())
 }
 
 /// The 16-byte form of a source address used in `SourceKey` (IPv4 mapped into IPv6).

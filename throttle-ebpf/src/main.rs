@@ -16,14 +16,15 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
     Global,
 };
 use parse::{Family, Headers, Parsed};
 use throttle_common::{
-    admit, Action, AllowEntry, Counters, DenyEntry, Rule, RuleKey, Settings, SourceKey, Unit,
-    WindowState, ANY_PORT, DEFAULT_MAX_SOURCES, MAX_CIDRS, MAX_RULES, RULE_SLOTS,
+    admit, rule_index, rule_protocol, rule_slot_index, AclEntry, Action, Counters, Rule, Settings,
+    SourceKey, Unit, WindowState, ACL_ALLOW, ACL_DENY, ANY_PORT, DEFAULT_MAX_SOURCES, MAX_CIDRS,
+    MAX_RULES, RULE_INDEX_ENTRIES, RULE_SLOTS,
 };
 
 /// Set to 1 at load time by tests: time then comes from `Settings::clock_override_ns`.
@@ -32,22 +33,23 @@ static TEST_CLOCK: Global<u8> = Global::new(0);
 
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+/// Rule id per (slot, protocol, destination port); port 0 holds the protocol's wildcard rule.
+/// Arrays, not hashes: the verifier inlines array lookups.
 #[map]
-static RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(MAX_RULES * RULE_SLOTS, 0);
+static RULE_INDEX: Array<u16> = Array::with_max_entries(RULE_INDEX_ENTRIES, 0);
+#[map]
+static RULES: Array<Rule> = Array::with_max_entries(RULE_SLOTS * MAX_RULES, 0);
 /// Shared across CPUs on purpose: a per-CPU window would let a source have limit × ncpus.
 #[map]
 static SOURCES: LruHashMap<SourceKey, WindowState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+/// Allowlist and denylist in one trie per family: one longest-prefix lookup per packet.
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+static ACL_V4: LpmTrie<[u8; 4], AclEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
-#[map]
-static DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
-#[map]
-static DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+static ACL_V6: LpmTrie<[u8; 16], AclEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
 
 #[xdp]
 pub fn throttle(ctx: XdpContext) -> u32 {
@@ -65,28 +67,40 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return pass(0, len, |_| {});
     };
-    let now = if TEST_CLOCK.load() != 0 {
-        settings.clock_override_ns
-    } else {
-        // SAFETY: a plain helper call without arguments.
-        unsafe { bpf_ktime_get_ns() }
+    // The clock is read only when a decision needs it.
+    let now = || {
+        if TEST_CLOCK.load() != 0 {
+            settings.clock_override_ns
+        } else {
+            // SAFETY: a plain helper call without arguments.
+            unsafe { bpf_ktime_get_ns() }
+        }
     };
-    if settings.allow_entries != 0 && allowlisted(h) {
-        return pass(0, len, |c| c.allowlisted += 1);
-    }
-    if settings.deny_entries != 0 && denylisted(h, now) {
-        return drop(0, len, |c| c.denylisted += 1);
+    if settings.acl_entries != 0 {
+        if let Some(entry) = acl_lookup(h) {
+            if entry.kind == ACL_ALLOW {
+                return pass(0, len, |c| c.allowlisted += 1);
+            }
+            if entry.kind == ACL_DENY && (entry.expires_ns == 0 || now() < entry.expires_ns) {
+                return drop(0, len, |c| c.denylisted += 1);
+            }
+        }
     }
 
-    let slot = settings.active_slot as u8;
-    let key = RuleKey { slot, proto: h.proto, port: h.dport };
-    let wildcard = RuleKey { slot, proto: h.proto, port: ANY_PORT };
-    // SAFETY: rule values are only replaced whole by the controller, never in place.
-    let rule = match unsafe { RULES.get(&key).or_else(|| RULES.get(&wildcard)) } {
-        Some(r) => *r,
-        None => return pass(0, len, |_| {}),
+    let Some(protocol) = rule_protocol(h.proto) else {
+        return pass(0, len, |_| {});
     };
-    let id = rule.id;
+    let slot = settings.active_slot;
+    let id = match RULE_INDEX.get(rule_index(slot, protocol, h.dport)) {
+        Some(&id) if id != 0 => id,
+        _ => match RULE_INDEX.get(rule_index(slot, protocol, ANY_PORT)) {
+            Some(&id) if id != 0 => id,
+            _ => return pass(0, len, |_| {}),
+        },
+    } as u32;
+    let Some(rule) = RULES.get(rule_slot_index(slot, id)) else {
+        return pass(0, len, |_| {});
+    };
     let cost = match rule.unit() {
         Some(Unit::Packets) => 1,
         Some(Unit::Bytes) => len,
@@ -94,6 +108,7 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
         _ => return pass(id, len, |_| {}),
     };
 
+    let now = now();
     let source = SourceKey { addr: h.src, rule_id: id };
     let state = match SOURCES.get_ptr_mut(&source) {
         Some(s) => s,
@@ -109,7 +124,7 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
         }
     };
     // SAFETY: `state` points at a live map value; all CPUs touch it only through `admit`.
-    if unsafe { admit(state, now, rule.window_ns, rule.limit, cost) } {
+    if unsafe { admit(state, now, rule.window, rule.limit, cost) } {
         return pass(id, len, |_| {});
     }
     match rule.action() {
@@ -123,22 +138,10 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
 }
 
 #[inline(always)]
-fn allowlisted(h: &Headers) -> bool {
+fn acl_lookup(h: &Headers) -> Option<&'static AclEntry> {
     match h.family {
-        Family::V4 => ALLOW_V4.get(Key::new(32, h.v4_src())).is_some(),
-        Family::V6 => ALLOW_V6.get(Key::new(128, h.src)).is_some(),
-    }
-}
-
-#[inline(always)]
-fn denylisted(h: &Headers, now: u64) -> bool {
-    let entry = match h.family {
-        Family::V4 => DENY_V4.get(Key::new(32, h.v4_src())),
-        Family::V6 => DENY_V6.get(Key::new(128, h.src)),
-    };
-    match entry {
-        Some(e) => e.expires_ns == 0 || now < e.expires_ns,
-        None => false,
+        Family::V4 => ACL_V4.get(Key::new(32, h.v4_src())),
+        Family::V6 => ACL_V6.get(Key::new(128, h.src)),
     }
 }
 
