@@ -585,6 +585,30 @@ fn reload_switches_rule_sets_in_one_step() {
 }
 
 #[test]
+fn reload_replaces_the_access_list() {
+    root_or_skip!("reload_replaces_the_access_list");
+    let mut f = Fixture::new(
+        "deny: [{cidr: 198.18.66.0/24}, {cidr: \"2001:db8:66::/48\"}]\nallow: [198.18.7.0/24]\n",
+    );
+    let denied6 = Packet::v6("2001:db8:66::1".parse().unwrap(), L4::Udp { dport: 53 }).build();
+    assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_DROP);
+    assert_eq!(f.verdict(&denied6), XDP_DROP);
+    f.dp.apply(&Config::from_yaml("deny: [{cidr: 198.18.67.0/24}]\n").unwrap())
+        .unwrap();
+    assert_eq!(
+        f.verdict(&udp53([198, 18, 66, 1])),
+        XDP_PASS,
+        "stale v4 deny entry removed"
+    );
+    assert_eq!(f.verdict(&denied6), XDP_PASS, "stale v6 deny entry removed");
+    assert_eq!(f.verdict(&udp53([198, 18, 67, 1])), XDP_DROP);
+    assert_eq!(f.counters(0).allowlisted, 0);
+    f.dp.apply(&Config::from_yaml("{}").unwrap()).unwrap();
+    assert_eq!(f.dp.settings().unwrap().acl_entries, 0);
+    assert_eq!(f.verdict(&udp53([198, 18, 67, 1])), XDP_PASS);
+}
+
+#[test]
 fn one_source_on_two_cpus_gets_the_limit_once() {
     root_or_skip!("one_source_on_two_cpus_gets_the_limit_once");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

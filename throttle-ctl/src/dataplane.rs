@@ -5,7 +5,11 @@
 //! left as it is until the next apply clears it, so a packet that read the old slot number just
 //! before the switch still finds a complete rule set.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    hash::Hash,
+    net::IpAddr,
+};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError, PerCpuArray},
@@ -295,52 +299,43 @@ impl Dataplane {
         self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))
     }
 
-    /// Makes the access-list tries hold exactly `acl`: new entries are written before stale
-    /// ones go, so an address listed in both the old and the new set is never unlisted between.
+    /// Makes the access-list tries hold exactly `acl`.
     fn sync_acl(&mut self, acl: &StdHashMap<Cidr, AclEntry>) -> Result<(), DataplaneError> {
-        let mut v4: LpmTrie<_, [u8; 4], AclEntry> =
-            LpmTrie::try_from(self.map(names::ACL_V4)?).map_err(map_err(names::ACL_V4))?;
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for (cidr, entry) in acl {
-            if let IpNet::V4(net) = cidr.0 {
-                let key = Key::new(net.prefix_len() as u32, net.addr().octets());
-                v4.insert(&key, entry, 0).map_err(map_err(names::ACL_V4))?;
+            match cidr.0 {
+                IpNet::V4(net) => v4.push((net.prefix_len() as u32, net.addr().octets(), *entry)),
+                IpNet::V6(net) => v6.push((net.prefix_len() as u32, net.addr().octets(), *entry)),
             }
         }
-        let stale: Vec<_> = v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                !acl.contains_key(&Cidr(
-                    IpNet::new(k.data().into(), k.prefix_len() as u8).expect("valid prefix"),
-                ))
-            })
-            .collect();
-        for k in stale {
-            v4.remove(&k).map_err(map_err(names::ACL_V4))?;
-        }
-
-        let mut v6: LpmTrie<_, [u8; 16], AclEntry> =
-            LpmTrie::try_from(self.map(names::ACL_V6)?).map_err(map_err(names::ACL_V6))?;
-        for (cidr, entry) in acl {
-            if let IpNet::V6(net) = cidr.0 {
-                let key = Key::new(net.prefix_len() as u32, net.addr().octets());
-                v6.insert(&key, entry, 0).map_err(map_err(names::ACL_V6))?;
-            }
-        }
-        let stale: Vec<_> = v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                !acl.contains_key(&Cidr(
-                    IpNet::new(k.data().into(), k.prefix_len() as u8).expect("valid prefix"),
-                ))
-            })
-            .collect();
-        for k in stale {
-            v6.remove(&k).map_err(map_err(names::ACL_V6))?;
-        }
-        Ok(())
+        sync_trie(self.map(names::ACL_V4)?, names::ACL_V4, &v4)?;
+        sync_trie(self.map(names::ACL_V6)?, names::ACL_V6, &v6)
     }
+}
+
+/// Makes a trie hold exactly `wanted` (prefix length, address, entry): new entries are written
+/// before stale ones go, so an address listed before and after is never unlisted in between.
+fn sync_trie<K: aya::Pod + Eq + Hash>(
+    map: &mut aya::maps::Map,
+    name: &'static str,
+    wanted: &[(u32, K, AclEntry)],
+) -> Result<(), DataplaneError> {
+    let mut trie: LpmTrie<_, K, AclEntry> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    for (len, addr, entry) in wanted {
+        trie.insert(&Key::new(*len, *addr), entry, 0)
+            .map_err(map_err(name))?;
+    }
+    let keep: HashSet<(u32, K)> = wanted.iter().map(|(len, addr, _)| (*len, *addr)).collect();
+    let present = trie
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err(name))?;
+    for key in present {
+        if !keep.contains(&(key.prefix_len(), key.data())) {
+            trie.remove(&key).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// The access list as written to the tries. Allow wins: a deny entry inside (or equal to) an
