@@ -124,11 +124,30 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let hit_admit = udp([198, 18, 0, 2], 9000);
     let hit_over = udp([198, 18, 0, 2], 9001);
     let no_rule = udp([198, 18, 0, 2], 80);
-    // Warm up: track the source of the hit paths, and exhaust the over-quota rule.
-    ns_per_run(throttle, &hit_admit, 1000)?;
-    ns_per_run(throttle, &hit_over, 1000)?;
+    // Two variants of the over-quota hit, to show where its time goes: without the access
+    // list (no trie lookup), and with the clock read replaced by a map value (the test clock).
+    let no_acl_config = Config::from_yaml(&CONFIG[..CONFIG.find("allow:").expect("allow list")])?;
+    let mut dp_no_acl = Dataplane::load(LoadOptions {
+        max_sources: 1024,
+        test_clock: false,
+    })?;
+    dp_no_acl.apply(&no_acl_config)?;
+    let throttle_no_acl = dp_no_acl.program()?;
+    let mut dp_fixed_clock = Dataplane::load(LoadOptions {
+        max_sources: 1024,
+        test_clock: true,
+    })?;
+    dp_fixed_clock.set_clock(1_000_000_000)?;
+    dp_fixed_clock.apply(&config)?;
+    let throttle_fixed_clock = dp_fixed_clock.program()?;
 
-    let mut samples: [Vec<f64>; 7] = Default::default();
+    // Warm up: track the source of the hit paths, and exhaust the over-quota rule.
+    for program in [throttle, throttle_no_acl, throttle_fixed_clock] {
+        ns_per_run(program, &hit_admit, 1000)?;
+        ns_per_run(program, &hit_over, 1000)?;
+    }
+
+    let mut samples: [Vec<f64>; 9] = Default::default();
     let mut next_source = 0u32;
     for round in 0..ROUNDS {
         eprintln!("round {}/{ROUNDS}", round + 1);
@@ -137,6 +156,8 @@ fn run_xdp() -> Result<Vec<Measurement>> {
         samples[2].push(ns_per_run(throttle, &hit_admit, REPEAT)?);
         samples[3].push(ns_per_run(throttle, &hit_over, REPEAT)?);
         samples[4].push(ns_per_run(throttle, &no_rule, REPEAT)?);
+        samples[7].push(ns_per_run(throttle_no_acl, &hit_over, REPEAT)?);
+        samples[8].push(ns_per_run(throttle_fixed_clock, &hit_over, REPEAT)?);
         // New sources: each frame from an address never seen before.
         let frames: Vec<Vec<u8>> = (0..NEW_SOURCES / ROUNDS as u32)
             .map(|_| {
@@ -155,7 +176,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             totals.new_sources
         );
     }
-    let [drop_ns, pass_ns, admit_ns, over_ns, no_rule_ns, drop_single_ns, new_ns] =
+    let [drop_ns, pass_ns, admit_ns, over_ns, no_rule_ns, drop_single_ns, new_ns, over_no_acl_ns, over_fixed_clock_ns] =
         samples.map(median);
     Ok(vec![
         Measurement {
@@ -176,6 +197,20 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_hit_over_quota",
             what: "known source, over quota (DROP)",
             value: over_ns,
+            baseline_name: "xdp_drop",
+            baseline: drop_ns,
+        },
+        Measurement {
+            name: "xdp_hit_over_quota_no_acl",
+            what: "known source, over quota, empty access list (no trie lookup)",
+            value: over_no_acl_ns,
+            baseline_name: "xdp_drop",
+            baseline: drop_ns,
+        },
+        Measurement {
+            name: "xdp_hit_over_quota_fixed_clock",
+            what: "known source, over quota, clock read replaced by a map value",
+            value: over_fixed_clock_ns,
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
