@@ -17,15 +17,16 @@ pub enum Ip {
         dst: Ipv4Addr,
         options: Vec<u8>,
         frag_offset: u16,
+        more_fragments: bool,
         tos: u8,
     },
-    /// `ext`: extension headers as (next-header number of this header, bytes after the
-    /// next-header byte is filled in).
     V6 {
         src: Ipv6Addr,
         dst: Ipv6Addr,
         ext: Vec<Ext>,
         tclass: u8,
+        flow: u32,
+        hop_limit: u8,
     },
 }
 
@@ -34,9 +35,14 @@ pub enum Ip {
 pub enum Ext {
     HopByHop,
     DestOpts,
+    /// Destination options of (n + 1) * 8 bytes.
+    DestOptsLong(u8),
     Routing,
-    /// Fragment header with this fragment offset (in 8-byte units).
+    /// Authentication header of (n + 2) * 4 bytes.
+    Auth(u8),
+    /// Fragment header with this fragment offset (in 8-byte units) and the M (more) flag.
     Fragment(u16),
+    FirstFragment,
 }
 
 impl Ext {
@@ -44,8 +50,17 @@ impl Ext {
         match self {
             Ext::HopByHop => 0,
             Ext::Routing => 43,
-            Ext::Fragment(_) => 44,
-            Ext::DestOpts => 60,
+            Ext::Fragment(_) | Ext::FirstFragment => 44,
+            Ext::Auth(_) => 51,
+            Ext::DestOpts | Ext::DestOptsLong(_) => 60,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ext::DestOptsLong(n) => (*n as usize + 1) * 8,
+            Ext::Auth(n) => (*n as usize + 2) * 4,
+            _ => 8,
         }
     }
 }
@@ -101,6 +116,7 @@ impl Packet {
                 dst: Ipv4Addr::new(198, 18, 0, 1),
                 options: vec![],
                 frag_offset: 0,
+                more_fragments: false,
                 tos: 0,
             },
             l4,
@@ -116,6 +132,8 @@ impl Packet {
                 dst: "2001:db8::1".parse().unwrap(),
                 ext: vec![],
                 tclass: 0,
+                flow: 0,
+                hop_limit: 64,
             },
             l4,
             payload: 18,
@@ -147,6 +165,37 @@ impl Packet {
         self
     }
 
+    /// First fragment of a fragmented IPv4 datagram (MF set, offset 0).
+    pub fn with_v4_more_fragments(mut self) -> Packet {
+        if let Ip::V4 { more_fragments, .. } = &mut self.ip {
+            *more_fragments = true;
+        }
+        self
+    }
+
+    /// IPv4 TOS / IPv6 traffic class.
+    pub fn with_traffic_class(mut self, value: u8) -> Packet {
+        match &mut self.ip {
+            Ip::V4 { tos, .. } => *tos = value,
+            Ip::V6 { tclass, .. } => *tclass = value,
+        }
+        self
+    }
+
+    pub fn with_v6_flow_label(mut self, label: u32) -> Packet {
+        if let Ip::V6 { flow, .. } = &mut self.ip {
+            *flow = label & 0xfffff;
+        }
+        self
+    }
+
+    pub fn with_hop_limit(mut self, limit: u8) -> Packet {
+        if let Ip::V6 { hop_limit, .. } = &mut self.ip {
+            *hop_limit = limit;
+        }
+        self
+    }
+
     pub fn with_v6_ext(mut self, headers: Vec<Ext>) -> Packet {
         if let Ip::V6 { ext, .. } = &mut self.ip {
             *ext = headers;
@@ -169,8 +218,8 @@ impl Packet {
         };
         b.push(off);
         if let Ip::V6 { ext, .. } = &self.ip {
-            for _ in ext {
-                off += 8;
+            for e in ext {
+                off += e.len();
                 b.push(off);
             }
         }
@@ -220,6 +269,7 @@ impl Packet {
                 dst,
                 options,
                 frag_offset,
+                more_fragments,
                 tos,
             } => {
                 frame.extend_from_slice(&0x0800u16.to_be_bytes());
@@ -228,7 +278,8 @@ impl Packet {
                 let mut h = vec![0x40 | ihl as u8, *tos];
                 h.extend_from_slice(&total.to_be_bytes());
                 h.extend_from_slice(&[0x12, 0x34]);
-                h.extend_from_slice(&(frag_offset & 0x1fff).to_be_bytes());
+                let flags = if *more_fragments { 0x2000 } else { 0 };
+                h.extend_from_slice(&((frag_offset & 0x1fff) | flags).to_be_bytes());
                 h.extend_from_slice(&[64, self.l4.proto(), 0, 0]);
                 h.extend_from_slice(&src.octets());
                 h.extend_from_slice(&dst.octets());
@@ -242,6 +293,8 @@ impl Packet {
                 dst,
                 ext,
                 tclass,
+                flow,
+                hop_limit,
             } => {
                 frame.extend_from_slice(&0x86ddu16.to_be_bytes());
                 let mut exts = Vec::new();
@@ -253,14 +306,26 @@ impl Packet {
                             exts.extend_from_slice(&(offset << 3).to_be_bytes());
                             exts.extend_from_slice(&[0, 0, 0, 7]);
                         }
+                        Ext::FirstFragment => exts.extend_from_slice(&[next, 0, 0, 1, 0, 0, 0, 7]),
+                        Ext::DestOptsLong(n) => {
+                            // PadN filling the header after its two fixed bytes.
+                            let len = e.len();
+                            exts.extend_from_slice(&[next, *n, 1, (len - 4) as u8]);
+                            exts.extend(std::iter::repeat_n(0, len - 4));
+                        }
+                        Ext::Auth(n) => {
+                            exts.extend_from_slice(&[next, *n]);
+                            exts.extend(std::iter::repeat_n(0, e.len() - 2));
+                        }
                         _ => exts.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
                     }
                 }
                 let first = ext.first().map_or(self.l4.proto(), Ext::number);
                 let payload_len = (exts.len() + l4.len()) as u16;
-                frame.extend_from_slice(&[0x60 | (tclass >> 4), tclass << 4, 0, 0]);
+                let word = 6u32 << 28 | (*tclass as u32) << 20 | flow;
+                frame.extend_from_slice(&word.to_be_bytes());
                 frame.extend_from_slice(&payload_len.to_be_bytes());
-                frame.extend_from_slice(&[first, 64]);
+                frame.extend_from_slice(&[first, *hop_limit]);
                 frame.extend_from_slice(&src.octets());
                 frame.extend_from_slice(&dst.octets());
                 frame.extend_from_slice(&exts);

@@ -216,17 +216,98 @@ fn ipv4_options_and_ipv6_extension_headers_are_walked() {
         .with_v6_ext(vec![
             Ext::HopByHop,
             Ext::Routing,
-            Ext::Fragment(0),
-            Ext::DestOpts,
+            Ext::FirstFragment,
+            Ext::DestOptsLong(3),
+            Ext::Auth(4),
         ])
         .build();
     assert_eq!(f.passes(&ext, 5), 3);
-    // More extension headers than the program walks: passed and counted as malformed.
-    let deep = Packet::v6(v6(3), L4::Udp { dport: 53 })
+    // Exactly as many extension headers as the program walks: still parsed.
+    let eight = Packet::v6(v6(3), L4::Udp { dport: 53 })
+        .with_v6_ext(vec![Ext::DestOpts; 8])
+        .build();
+    assert_eq!(f.passes(&eight, 5), 3);
+    assert_eq!(f.counters(1).dropped, 6);
+    // One more: rules could not see its ports, so it is dropped as evasive, not let through.
+    let deep = Packet::v6(v6(4), L4::Udp { dport: 53 })
         .with_v6_ext(vec![Ext::DestOpts; 9])
         .build();
-    assert_eq!(f.passes(&deep, 5), 5);
-    assert_eq!(f.counters(0).malformed, 5);
+    assert_eq!(f.passes(&deep, 5), 0);
+    let c = f.counters(0);
+    assert_eq!((c.evasive, c.dropped, c.malformed), (5, 5, 0));
+}
+
+#[test]
+fn tiny_first_fragments_are_dropped_as_evasive() {
+    root_or_skip!("tiny_first_fragments_are_dropped_as_evasive");
+    let f = Fixture::new("rules:\n  - {name: c, protocol: tcp, port: 443, unit: connections, limit: 1, window: 1s}\n");
+    // RFC 1858: a first fragment whose datagram holds only 8 bytes of the TCP header.
+    let cut_datagram = |p: Packet, pad: usize| {
+        let mut frame = p.build();
+        let ihl = (frame[14] & 0x0f) as usize * 4;
+        let total = ihl + 8;
+        frame[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+        frame.truncate(14 + total);
+        frame.extend(std::iter::repeat_n(0x12, pad)); // link padding after the datagram
+        frame
+    };
+    let syn = || {
+        Packet::v4(
+            [198, 18, 0, 2],
+            L4::Tcp {
+                dport: 443,
+                flags: TCP_SYN,
+            },
+        )
+    };
+    for pad in [0, 30] {
+        let tiny = cut_datagram(syn().with_v4_options(40).with_v4_more_fragments(), pad);
+        assert_eq!(
+            f.verdict(&tiny),
+            XDP_DROP,
+            "tiny first fragment, {pad} bytes of padding"
+        );
+    }
+    // The same cut without MF is just a malformed datagram: passed for the stack to discard.
+    assert_eq!(f.verdict(&cut_datagram(syn(), 30)), XDP_PASS);
+    // IPv6: a first fragment (M set) whose payload ends inside the TCP header.
+    let mut frame6 = Packet::v6(
+        v6(2),
+        L4::Tcp {
+            dport: 443,
+            flags: TCP_SYN,
+        },
+    )
+    .with_v6_ext(vec![Ext::FirstFragment])
+    .build();
+    let payload = 8 + 8;
+    frame6[18..20].copy_from_slice(&(payload as u16).to_be_bytes());
+    frame6.truncate(14 + 40 + payload);
+    assert_eq!(f.verdict(&frame6), XDP_DROP);
+    let c = f.counters(0);
+    assert_eq!((c.evasive, c.malformed), (3, 1));
+    assert_eq!(f.counters(1).new_sources, 0);
+}
+
+#[test]
+fn access_list_applies_before_transport_parsing() {
+    root_or_skip!("access_list_applies_before_transport_parsing");
+    let f = Fixture::new("deny: [{cidr: 198.18.66.0/24}, {cidr: \"2001:db8:66::/48\"}]\n");
+    let src6: Ipv6Addr = "2001:db8:66::1".parse().unwrap();
+    let deep = Packet::v6(src6, L4::Udp { dport: 53 })
+        .with_v6_ext(vec![Ext::DestOpts; 9])
+        .build();
+    let truncated = udp53([198, 18, 66, 1]);
+    let truncated = {
+        let mut t = truncated;
+        let total = 20 + 4;
+        t[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+        t.truncate(14 + total);
+        t
+    };
+    assert_eq!(f.verdict(&deep), XDP_DROP);
+    assert_eq!(f.verdict(&truncated), XDP_DROP);
+    assert_eq!(f.counters(0).denylisted, 2);
 }
 
 #[test]
@@ -239,12 +320,19 @@ fn later_fragments_match_only_wildcard_rules() {
         .with_v4_fragment_offset(100)
         .build();
     assert_eq!(f.passes(&frag4, 5), 2);
+    // DF set on a whole datagram is not a fragment.
+    let mut df = udp53([198, 18, 0, 2]);
+    df[20] |= 0x40;
+    assert_eq!(f.verdict(&df), XDP_PASS);
+    assert_eq!(f.counters(1).passed, 1);
+    assert_eq!(f.counters(2).dropped, 3);
+    // IPv6 later fragments: their next-header value is not what reassembly uses, so no rule
+    // is chosen by it.
     let frag6 = Packet::v6(v6(2), L4::Udp { dport: 53 })
         .with_v6_ext(vec![Ext::Fragment(100)])
         .build();
-    assert_eq!(f.passes(&frag6, 5), 2);
-    assert_eq!(f.counters(2).dropped, 6);
-    assert_eq!(f.counters(1).passed, 0);
+    assert_eq!(f.passes(&frag6, 5), 5);
+    assert_eq!(f.counters(0).passed, 5);
 }
 
 #[test]
@@ -313,8 +401,10 @@ fn denylist_drops_until_expiry() {
     let v6_denied = Packet::v6("2001:db8:66::1".parse().unwrap(), L4::Udp { dport: 53 }).build();
     assert_eq!(f.verdict(&v6_denied), XDP_DROP);
     assert_eq!(f.counters(0).denylisted, 3);
-    // After the TTL the v4 entry no longer applies; the v6 one never expires.
-    f.set_time(T0 + 11 * SEC);
+    // The entry applies until its TTL is over, not a nanosecond longer; the v6 one never expires.
+    f.set_time(T0 + 10 * SEC - 1);
+    assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_DROP);
+    f.set_time(T0 + 10 * SEC);
     assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_PASS);
     assert_eq!(f.verdict(&v6_denied), XDP_DROP);
 }
@@ -323,17 +413,31 @@ fn denylist_drops_until_expiry() {
 fn neighbour_discovery_always_passes() {
     root_or_skip!("neighbour_discovery_always_passes");
     let f = Fixture::new(
-        "rules:\n  - {name: icmp6, protocol: icmpv6, limit: 1, window: 1s}\ndeny: [{cidr: \"2001:db8::/32\"}]\n",
+        "rules:\n  - {name: icmp6, protocol: icmpv6, limit: 1, window: 1s}\n  - {name: v4, protocol: icmp, limit: 1, window: 1s}\ndeny: [{cidr: \"2001:db8::/32\"}]\n",
     );
     for ty in 133..=137 {
-        let nd = Packet::v6(v6(2), L4::Icmpv6 { ty }).build();
+        let nd = Packet::v6(v6(2), L4::Icmpv6 { ty })
+            .with_hop_limit(255)
+            .build();
         assert_eq!(f.passes(&nd, 3), 3, "ND type {ty}");
     }
-    // Echo requests are not ND: denied.
+    // Only as RFC 4861 has it: hop limit 255. Echo requests are not ND at all.
     assert_eq!(
-        f.verdict(&Packet::v6(v6(2), L4::Icmpv6 { ty: 128 }).build()),
+        f.verdict(&Packet::v6(v6(2), L4::Icmpv6 { ty: 135 }).build()),
         XDP_DROP
     );
+    assert_eq!(
+        f.verdict(
+            &Packet::v6(v6(2), L4::Icmpv6 { ty: 128 })
+                .with_hop_limit(255)
+                .build()
+        ),
+        XDP_DROP
+    );
+    // ND types carried over IPv4 (protocol 58) are not ND either: limited like the rest.
+    let fake = Packet::v4([198, 18, 0, 2], L4::Icmpv6 { ty: 135 }).build();
+    assert_eq!(f.passes(&fake, 3), 1);
+    assert_eq!(f.counters(0).denylisted, 2);
 }
 
 #[test]
@@ -414,13 +518,16 @@ fn mark_rewrites_dscp_with_a_valid_checksum() {
     let f = Fixture::new(
         "rules:\n  - {name: m, protocol: udp, port: 53, limit: 1, window: 1s, action: mark, dscp: 46}\n",
     );
-    let p = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 }).with_v4_options(8);
+    // ECN bits set: they must survive the rewrite.
+    let p = Packet::v4([198, 18, 0, 2], L4::Udp { dport: 53 })
+        .with_v4_options(8)
+        .with_traffic_class(0x03);
     let frame = p.build();
     let (v, out) = f.run(&frame);
     assert_eq!((v, &out), (XDP_PASS, &frame), "within quota: untouched");
     let (v, out) = f.run(&frame);
     assert_eq!(v, XDP_PASS);
-    assert_eq!(out[15] >> 2, 46, "DSCP");
+    assert_eq!((out[15] >> 2, out[15] & 3), (46, 3), "DSCP set, ECN kept");
     assert_eq!(
         checksum(&out[14..14 + 28]),
         0,
@@ -430,15 +537,19 @@ fn mark_rewrites_dscp_with_a_valid_checksum() {
     assert_eq!(out[16..24], frame[16..24]);
     assert_eq!(out[26..], frame[26..]);
 
-    let ecn = Packet::v6(v6(2), L4::Udp { dport: 53 }).with_vlans(&[TPID_8021Q]);
-    let mut frame6 = ecn.build();
-    frame6[18 + 1] |= 0x30; // ECN = 3, low nibble of the traffic class
+    let frame6 = Packet::v6(v6(2), L4::Udp { dport: 53 })
+        .with_vlans(&[TPID_8021Q])
+        .with_traffic_class(0x03)
+        .with_v6_flow_label(0xabcde)
+        .build();
     f.run(&frame6);
     let (v, out) = f.run(&frame6);
     assert_eq!(v, XDP_PASS);
     let tclass = (out[18] & 0x0f) << 4 | out[19] >> 4;
     assert_eq!((tclass >> 2, tclass & 3), (46, 3), "DSCP set, ECN kept");
     assert_eq!(out[18] >> 4, 6, "version kept");
+    let flow = u32::from_be_bytes([0, out[19] & 0x0f, out[20], out[21]]);
+    assert_eq!(flow, 0xabcde, "flow label kept");
     assert_eq!(f.counters(1).marked, 2);
 }
 
@@ -547,6 +658,9 @@ fn malformed_headers_pass() {
         }
         assert_ne!(f.verdict(&frame), XDP_ABORTED);
     }
+    // Every frame got a verdict and was counted once.
+    let totals = f.dp.totals(1).unwrap();
+    assert_eq!(totals.passed + totals.dropped, 2000 + 4);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The atomic operations the sliding window needs, on raw pointers into map values.
 //!
-//! The bpfel target has no atomic compare-exchange in `core::sync::atomic`, although BPF has
+//! The bpfel target has no atomic compare-exchange or exchange in `core::sync::atomic`, although BPF has
 //! had the instructions since Linux 5.12 (cpu v3): there we call the compiler intrinsics
 //! directly; everywhere else `AtomicU64` does the same.
 //!
@@ -14,10 +14,6 @@ mod imp {
     pub unsafe fn load(p: *mut u64) -> u64 {
         // An aligned 8-byte load is single-copy atomic in BPF.
         unsafe { core::ptr::read_volatile(p) }
-    }
-    #[inline(always)]
-    pub unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
-        unsafe { intrinsics::atomic_xadd::<u64, u64, { SeqCst }>(p, v) }
     }
     #[inline(always)]
     pub unsafe fn swap(p: *mut u64, v: u64) -> u64 {
@@ -36,10 +32,6 @@ mod imp {
     #[inline(always)]
     pub unsafe fn load(p: *mut u64) -> u64 {
         unsafe { AtomicU64::from_ptr(p) }.load(SeqCst)
-    }
-    #[inline(always)]
-    pub unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
-        unsafe { AtomicU64::from_ptr(p) }.fetch_add(v, SeqCst)
     }
     #[inline(always)]
     pub unsafe fn swap(p: *mut u64, v: u64) -> u64 {

@@ -16,7 +16,8 @@ pub const RULE_SLOTS: u32 = 2;
 pub const RULE_PROTOCOLS: u32 = 4;
 /// Entries of `RULE_INDEX`: a rule id for every (slot, protocol, destination port).
 pub const RULE_INDEX_ENTRIES: u32 = RULE_SLOTS * RULE_PROTOCOLS * 65_536;
-/// Entries per access-list trie (allow and deny together) and address family.
+/// Entries a config may have per address family, allow and deny together (the tries hold
+/// twice that: during a reload the new entries are in before the old ones go).
 pub const MAX_CIDRS: u32 = 65_536;
 /// Default size of the per-(source, rule) state table.
 pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
@@ -207,6 +208,9 @@ pub struct Counters {
     pub non_ip: u64,
     pub allowlisted: u64,
     pub denylisted: u64,
+    /// Dropped because rules cannot see what it carries: a first fragment too short for its
+    /// transport header, or an IPv6 extension-header chain longer than the program walks.
+    pub evasive: u64,
     /// Sources that got a new sliding-window entry.
     pub new_sources: u64,
 }
@@ -224,6 +228,7 @@ impl Counters {
         self.non_ip += other.non_ip;
         self.allowlisted += other.allowlisted;
         self.denylisted += other.denylisted;
+        self.evasive += other.evasive;
         self.new_sources += other.new_sources;
     }
 }
@@ -252,7 +257,7 @@ mod tests {
         assert_eq!(size_of::<AclEntry>(), 16);
         assert_eq!(size_of::<SourceKey>(), 20);
         assert_eq!(size_of::<Settings>(), 32);
-        assert_eq!(size_of::<Counters>(), 11 * 8);
+        assert_eq!(size_of::<Counters>(), 12 * 8);
         assert_eq!(size_of::<crate::WindowState>(), 24);
     }
 

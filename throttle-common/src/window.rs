@@ -107,14 +107,18 @@ pub fn estimate(prev: u64, curr: u64, elapsed: u64, window: Window) -> u64 {
     weighted.saturating_add(curr)
 }
 
+/// Compare-exchange attempts on a contended counter before giving up: only a source hit from
+/// many CPUs in the same instant exhausts them, and refusing it then is what its rate asks for.
+const ATTEMPTS: usize = 4;
+
 /// Decides whether `cost` units at time `now` fit in `limit` per `window`, and counts them if so.
 ///
 /// Safe to run concurrently on the same state from several CPUs:
 /// - rolling the window forward is done by the one caller that wins a compare-exchange on
-///   `start_ns`;
-/// - admission adds to `curr` atomically and then re-checks the value it added to, backing out
-///   if concurrent admissions filled the window first. So `limit` is never exceeded, at the price
-///   of a rare refusal right at the limit under contention.
+///   `start_ns`; it raises `prev` before it lowers `curr`, so other CPUs may see more use
+///   than there is for an instant, never less;
+/// - admission is a compare-exchange on `curr` from the value the check was made on, so
+///   `limit` is never exceeded and nothing has to be undone.
 ///
 /// # Safety
 /// `state` must point to a valid, 8-byte aligned `WindowState` (a map value in the kernel) that
@@ -139,24 +143,38 @@ pub unsafe fn admit(
         let adjacent = elapsed < window.ns.saturating_mul(2);
         let new_start = if adjacent { start_ns + window.ns } else { now };
         if unsafe { atomic::compare_exchange(start, start_ns, new_start) } {
-            let finished = unsafe { atomic::swap(curr, 0) };
+            let finished = unsafe { atomic::load(curr) };
             unsafe { atomic::swap(prev, if adjacent { finished } else { 0 }) };
+            // Units admitted since the load belong to the new window: subtract, don't zero.
+            unsafe { subtract_floor_zero(curr, finished) };
         }
         start_ns = unsafe { atomic::load(start) };
         elapsed = now.saturating_sub(start_ns);
     }
     let prev_units = unsafe { atomic::load(prev) };
-    // Fast refusal without a write: the common case for a flooding source.
-    let used = unsafe { atomic::load(curr) };
-    if estimate(prev_units, used, elapsed, window).saturating_add(cost) > limit {
-        return false;
+    for _ in 0..ATTEMPTS {
+        let used = unsafe { atomic::load(curr) };
+        if estimate(prev_units, used, elapsed, window).saturating_add(cost) > limit {
+            return false;
+        }
+        if unsafe { atomic::compare_exchange(curr, used, used + cost) } {
+            return true;
+        }
     }
-    let before = unsafe { atomic::fetch_add(curr, cost) };
-    if estimate(prev_units, before, elapsed, window).saturating_add(cost) > limit {
-        unsafe { atomic::fetch_add(curr, cost.wrapping_neg()) };
-        return false;
+    false
+}
+
+/// `*p -= v`, but never below zero (two overlapping roll-overs must not wrap the counter).
+#[inline(always)]
+unsafe fn subtract_floor_zero(p: *mut u64, v: u64) {
+    for _ in 0..ATTEMPTS {
+        let c = unsafe { atomic::load(p) };
+        if unsafe { atomic::compare_exchange(p, c, c.saturating_sub(v)) } {
+            return;
+        }
     }
-    true
+    // Still contended: start the window from zero rather than leave a stale count.
+    unsafe { atomic::swap(p, 0) };
 }
 
 #[cfg(test)]

@@ -17,6 +17,11 @@ use throttle_common::{
 
 use crate::{duration, yaml_lines::LineIndex};
 
+/// Shortest window: below it, a window is over before a packet's decision is.
+pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+/// Longest denylist TTL (ten years); leave `ttl` out for an entry that never expires.
+pub const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
+
 /// Largest `max_sources`: 64 Mi entries (about 7 GiB of kernel memory).
 pub const MAX_SOURCES_LIMIT: u32 = 1 << 26;
 
@@ -311,13 +316,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
             bad(at("limit"), format!("must be between 1 and {MAX_LIMIT}"));
         }
         let window = match duration::parse(&r.window) {
-            Ok(w) if w.is_zero() || w.as_nanos() > MAX_WINDOW_NS as u128 => {
+            Ok(w) if w < MIN_WINDOW || w.as_nanos() > MAX_WINDOW_NS as u128 => {
                 bad(
                     at("window"),
-                    format!(
-                        "must be more than 0 and at most {}s",
-                        MAX_WINDOW_NS / 1_000_000_000
-                    ),
+                    format!("must be between 1ms and {}s", MAX_WINDOW_NS / 1_000_000_000),
                 );
                 w
             }
@@ -380,9 +382,9 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
             .map_err(|e| problem(format!("deny[{i}].cidr"), e));
         let ttl = match d.ttl.as_deref().map(duration::parse) {
             None => Ok(None),
-            Some(Ok(t)) if t.is_zero() => Err(problem(
+            Some(Ok(t)) if t.is_zero() || t > MAX_TTL => Err(problem(
                 format!("deny[{i}].ttl"),
-                "must be more than 0".into(),
+                "must be more than 0 and at most 3650d; leave `ttl` out for no expiry".into(),
             )),
             Some(Ok(t)) => Ok(Some(t)),
             Some(Err(e)) => Err(problem(format!("deny[{i}].ttl"), e)),
@@ -391,17 +393,18 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
             deny.push(DenyConfig { cidr, ttl });
         }
     }
-    for (list, cidrs) in [
-        ("allow", allow.clone()),
-        ("deny", deny.iter().map(|d| d.cidr).collect()),
-    ] {
-        let v4 = cidrs.iter().filter(|c| c.0.addr().is_ipv4()).count();
-        if v4.max(cidrs.len() - v4) > MAX_CIDRS as usize {
-            problem(
-                list.into(),
-                format!("more than {MAX_CIDRS} entries of one address family"),
-            );
-        }
+    // Allow and deny entries share one trie per family.
+    let v4 = allow
+        .iter()
+        .chain(deny.iter().map(|d| &d.cidr))
+        .filter(|c| c.0.addr().is_ipv4())
+        .count();
+    let v6 = allow.len() + deny.len() - v4;
+    if v4.max(v6) > MAX_CIDRS as usize {
+        problem(
+            "allow".into(),
+            format!("{v4} IPv4 and {v6} IPv6 allow + deny entries; at most {MAX_CIDRS} per family"),
+        );
     }
 
     if !problems.is_empty() {
@@ -535,11 +538,11 @@ deny:
             ),
             (
                 "limit: 10\n    window: 0s",
-                "line 5, rules[0].window: must be more than 0",
+                "line 5, rules[0].window: must be between 1ms and",
             ),
             (
                 "limit: 10\n    window: 3h",
-                "line 5, rules[0].window: must be more than 0 and at most",
+                "line 5, rules[0].window: must be between 1ms and 8796s",
             ),
             (
                 "limit: 10\n    window: soon",
@@ -633,6 +636,11 @@ deny:
         );
         let e = error_of("deny:\n  - cidr: 198.18.0.0/16\n    ttl: forever\n");
         assert!(e.contains("line 3, deny[0].ttl"), "{e}");
+        let e = error_of("deny:\n  - cidr: 198.18.0.0/16\n    ttl: 3651d\n");
+        assert!(
+            e.contains("line 3, deny[0].ttl: must be more than 0 and at most 3650d"),
+            "{e}"
+        );
     }
 
     #[test]

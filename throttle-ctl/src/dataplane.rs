@@ -37,6 +37,11 @@ pub enum DataplaneError {
     NoObject,
     #[error("loading the XDP object: {0}")]
     Load(#[from] EbpfError),
+    #[error(
+        "the kernel's verifier rejected the XDP program ({error}); last lines of its log \
+         (all of it at THROTTLE_LOG=debug):\n{tail}"
+    )]
+    Verifier { error: std::io::Error, tail: String },
     #[error("the XDP object has no {0}; it does not match this throttle-ctl")]
     Missing(&'static str),
     #[error("{what}: {source}")]
@@ -85,10 +90,7 @@ impl Dataplane {
             .override_global(names::TEST_CLOCK, &test_clock, true)
             .load(OBJECT)?;
         let program = xdp_mut(&mut ebpf)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            what: "verifying the XDP program".into(),
-            source,
-        })?;
+        program.load().map_err(verifier_error)?;
         let mut dp = Dataplane {
             ebpf,
             test_clock: opts.test_clock,
@@ -120,8 +122,16 @@ impl Dataplane {
         };
         let used = match program.attach(iface, wanted) {
             Ok(_) => wanted,
-            Err(e) if mode == AttachMode::Auto => {
-                warn!(iface, error = %e, "native XDP unavailable, falling back to generic (skb) mode");
+            // Only "the driver has no native XDP" falls back; anything else (another program
+            // attached, an MTU too large for XDP) would fail the same way in generic mode or
+            // hide a problem the operator must see.
+            Err(e) if mode == AttachMode::Auto && native_unsupported(&e) => {
+                warn!(
+                    iface,
+                    error = %e,
+                    "native XDP unsupported by the driver, falling back to generic (skb) mode: it \
+                     runs after GRO, so `packets` rules count merged TCP segments as one"
+                );
                 program
                     .attach(iface, XdpMode::Skb)
                     .map_err(|source| attach_error(iface, XdpMode::Skb, source))?;
@@ -352,14 +362,25 @@ pub fn access_list(config: &Config, now_ns: u64) -> StdHashMap<Cidr, AclEntry> {
             },
         );
     }
+    let allowed: HashSet<IpNet> = config.allow.iter().map(|c| c.0).collect();
     for deny in &config.deny {
-        if let Some(allow) = config.allow.iter().find(|a| a.0.contains(&deny.cidr.0)) {
+        // The allow entries that could contain it are its supernets: at most 129 look-ups.
+        let net = deny.cidr.0;
+        let covering = (0..=net.prefix_len())
+            .filter_map(|len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
+            .find(|n| allowed.contains(n));
+        if let Some(allow) = covering {
             warn!(deny = %deny.cidr, allow = %allow, "deny entry lies inside an allow entry; allow wins, deny ignored");
             continue;
         }
-        let expires_ns = deny
+        let ttl_ns = deny
             .ttl
-            .map_or(0, |t| now_ns.saturating_add(t.as_nanos() as u64));
+            .map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+        let expires_ns = if ttl_ns == 0 {
+            0
+        } else {
+            now_ns.saturating_add(ttl_ns)
+        };
         acl.insert(
             deny.cidr,
             AclEntry {
@@ -370,6 +391,42 @@ pub fn access_list(config: &Config, now_ns: u64) -> StdHashMap<Cidr, AclEntry> {
         );
     }
     acl
+}
+
+/// A verifier rejection with the end of its log, where the reason is; the whole log (often
+/// hundreds of kilobytes) goes to the debug log only.
+fn verifier_error(e: ProgramError) -> DataplaneError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(verifier_log = %log, "verifier log");
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            DataplaneError::Verifier {
+                error: io_error,
+                tail,
+            }
+        }
+        source => DataplaneError::Program {
+            what: "loading the XDP program".into(),
+            source,
+        },
+    }
+}
+
+/// Whether an attach in driver mode failed because the driver has no native XDP.
+fn native_unsupported(e: &ProgramError) -> bool {
+    let errno = match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        other => std::error::Error::source(other)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error),
+    };
+    tracing::debug!(?errno, error = %e, "driver-mode attach failed");
+    errno == Some(libc::EOPNOTSUPP)
 }
 
 fn attach_error(iface: &str, mode: XdpMode, source: ProgramError) -> DataplaneError {

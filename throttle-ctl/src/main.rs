@@ -11,7 +11,7 @@ use throttle_ctl::{
     dataplane::{AttachMode, Dataplane, LoadOptions},
 };
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -152,10 +152,15 @@ async fn run(
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = ticker.tick() => log_counters(&dataplane, &config)?,
+            // A failed read is logged, never fatal: returning would detach the program.
+            _ = ticker.tick() => if let Err(e) = log_counters(&dataplane, &config) {
+                warn!(category = "dataplane", "reading counters: {e:#}");
+            },
         }
     }
-    log_counters(&dataplane, &config)?;
+    if let Err(e) = log_counters(&dataplane, &config) {
+        warn!(category = "dataplane", "reading counters: {e:#}");
+    }
     info!(iface, "detaching and exiting");
     drop(dataplane);
     Ok(())
@@ -181,6 +186,7 @@ fn log_counters(dataplane: &Dataplane, config: &Config) -> anyhow::Result<()> {
             non_ip = c.non_ip,
             allowlisted = c.allowlisted,
             denylisted = c.denylisted,
+            evasive = c.evasive,
             new_sources = c.new_sources,
             "counters"
         );

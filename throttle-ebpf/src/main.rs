@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
     Global,
 };
-use parse::{Family, Headers, Parsed};
+use parse::{Family, Headers, Parsed, Transport};
 use throttle_common::{
     admit, rule_index, rule_protocol, rule_slot_index, AclEntry, Action, Counters, Rule, Settings,
     SourceKey, Unit, WindowState, ACL_ALLOW, ACL_DENY, ANY_PORT, DEFAULT_MAX_SOURCES, MAX_CIDRS,
@@ -46,10 +46,11 @@ static SOURCES: LruHashMap<SourceKey, WindowState> =
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 /// Allowlist and denylist in one trie per family: one longest-prefix lookup per packet.
+/// Twice the configurable entries: a reload writes the new set before removing the old one.
 #[map]
-static ACL_V4: LpmTrie<[u8; 4], AclEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+static ACL_V4: LpmTrie<[u8; 4], AclEntry> = LpmTrie::with_max_entries(2 * MAX_CIDRS, 0);
 #[map]
-static ACL_V6: LpmTrie<[u8; 16], AclEntry> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+static ACL_V6: LpmTrie<[u8; 16], AclEntry> = LpmTrie::with_max_entries(2 * MAX_CIDRS, 0);
 
 #[xdp]
 pub fn throttle(ctx: XdpContext) -> u32 {
@@ -87,10 +88,18 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
         }
     }
 
+    match h.transport {
+        Transport::Ports => {}
+        Transport::Unmatched => return pass(0, len, |_| {}),
+        Transport::Truncated => return pass(0, len, |c| c.malformed += 1),
+        Transport::Evasive => return drop(0, len, |c| c.evasive += 1),
+    }
     let Some(protocol) = rule_protocol(h.proto) else {
         return pass(0, len, |_| {});
     };
-    let slot = settings.active_slot;
+    // Read once: the whole decision uses one slot, whatever the controller switches meanwhile.
+    // SAFETY: an aligned read of a map value the program holds a reference to.
+    let slot = unsafe { core::ptr::read_volatile(&settings.active_slot) };
     let id = match RULE_INDEX.get(rule_index(slot, protocol, h.dport)) {
         Some(&id) if id != 0 => id,
         _ => match RULE_INDEX.get(rule_index(slot, protocol, ANY_PORT)) {
@@ -98,8 +107,10 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
             _ => return pass(0, len, |_| {}),
         },
     } as u32;
-    let Some(rule) = RULES.get(rule_slot_index(slot, id)) else {
-        return pass(0, len, |_| {});
+    // A cleared entry (limit 0) or another rule's: the controller is rewriting this slot.
+    let rule = match RULES.get(rule_slot_index(slot, id)) {
+        Some(r) if r.limit != 0 && r.id == id => r,
+        _ => return pass(0, len, |_| {}),
     };
     let cost = match rule.unit() {
         Some(Unit::Packets) => 1,

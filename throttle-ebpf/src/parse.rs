@@ -8,7 +8,7 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-/// IPv6 extension headers walked before giving up (counted as malformed, passed).
+/// IPv6 extension headers walked; a longer chain is dropped as evasive.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -17,16 +17,33 @@ pub enum Family {
     V6,
 }
 
+/// What could be learnt beyond the IP header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `proto`, `dport` and `tcp_syn` are set. IPv4 later fragments land here too, with
+    /// ANY_PORT: their protocol is trustworthy (reassembly keys on it), their ports absent.
+    Ports,
+    /// IPv6 later fragment: its next-header value is not used by reassembly, so no rule can
+    /// be chosen by it.
+    Unmatched,
+    /// A header cut short by the frame or the datagram: malformed, left to the kernel.
+    Truncated,
+    /// An evasion pattern: a first fragment too short for its transport header (RFC 1858),
+    /// or an IPv6 header chain longer than the program walks. Rules cannot see what it carries.
+    Evasive,
+}
+
 #[derive(Clone, Copy)]
 pub struct Headers {
     pub family: Family,
     /// Source address; IPv4 as `::ffff:a.b.c.d`.
     pub src: [u8; 16],
     pub proto: u8,
-    /// Destination port (host order); ANY_PORT for ICMP and for non-first fragments.
+    /// Destination port (host order); ANY_PORT for ICMP and for later fragments.
     pub dport: u16,
     /// TCP SYN without ACK: a new connection.
     pub tcp_syn: bool,
+    pub transport: Transport,
     /// Offset of the IP header.
     pub l3: usize,
 }
@@ -40,6 +57,7 @@ impl Headers {
 
 pub enum Parsed {
     NonIp,
+    /// Link or IP header malformed or cut short: no trustworthy source address.
     Malformed,
     NeighbourDiscovery,
     Ip(Headers),
@@ -49,10 +67,25 @@ pub enum Parsed {
 #[inline(always)]
 fn bytes(ctx: &XdpContext, off: usize, len: usize) -> Option<*mut u8> {
     let start = ctx.data();
-    if start + off + len > ctx.data_end() {
+    // A volatile read of data_end: otherwise LLVM may prove this check redundant from earlier
+    // ones (e.g. "within the datagram, and the datagram is within the frame") and drop it,
+    // and the verifier, which needs each access checked against data_end, rejects the program.
+    // SAFETY: `ctx.ctx` is the program's valid xdp_md.
+    let end = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ctx).data_end)) } as usize;
+    if start + off + len > end {
         return None;
     }
     Some((start + off) as *mut u8)
+}
+
+/// `len` bytes at `off`, within both the frame and the IP datagram ending at `end`; else
+/// what their absence means.
+#[inline(always)]
+fn datagram_bytes(ctx: &XdpContext, off: usize, len: usize, end: usize, first_fragment: bool) -> Result<*mut u8, Transport> {
+    if off + len > end {
+        return Err(if first_fragment { Transport::Evasive } else { Transport::Truncated });
+    }
+    bytes(ctx, off, len).ok_or(Transport::Truncated)
 }
 
 #[inline(always)]
@@ -106,7 +139,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
     if bytes(ctx, l3, total).is_none() || bytes(ctx, l3, ihl).is_none() {
         return Parsed::Malformed;
     }
-    let frag_offset = be16_at(ip, 6) & 0x1fff;
+    let fragment = be16_at(ip, 6);
     let src = v4_mapped([u8_at(ip, 12), u8_at(ip, 13), u8_at(ip, 14), u8_at(ip, 15)]);
     let h = Headers {
         family: Family::V4,
@@ -114,13 +147,15 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
         proto: u8_at(ip, 9),
         dport: ANY_PORT,
         tcp_syn: false,
+        transport: Transport::Ports,
         l3,
     };
-    if frag_offset != 0 {
+    if fragment & 0x1fff != 0 {
         // Later fragments carry no transport header: only wildcard rules can match them.
         return Parsed::Ip(h);
     }
-    transport(ctx, l3 + ihl, h)
+    let more_fragments = fragment & 0x2000 != 0;
+    transport(ctx, l3 + ihl, l3 + total, more_fragments, 0, h)
 }
 
 #[inline(always)]
@@ -136,6 +171,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
     if payload == 0 && u8_at(ip, 6) != 59 {
         return Parsed::Malformed;
     }
+    let end = l3 + 40 + payload;
     if bytes(ctx, l3, 40 + payload).is_none() {
         return Parsed::Malformed;
     }
@@ -143,75 +179,93 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
     for (i, b) in src.iter_mut().enumerate() {
         *b = u8_at(ip, 8 + i);
     }
-    let mut h = Headers { family: Family::V6, src, proto: u8_at(ip, 6), dport: ANY_PORT, tcp_syn: false, l3 };
+    let hop_limit = u8_at(ip, 7);
+    let mut h = Headers {
+        family: Family::V6,
+        src,
+        proto: u8_at(ip, 6),
+        dport: ANY_PORT,
+        tcp_syn: false,
+        transport: Transport::Ports,
+        l3,
+    };
+    let mut first_fragment = false;
     let mut off = l3 + 40;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let len = match h.proto {
+    // One more turn than headers walked, so a chain of exactly the maximum reaches transport.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        let (next, len) = match h.proto {
             // Hop-by-hop, routing, destination options, mobility, HIP, shim6: (len + 1) * 8.
-            0 | 43 | 60 | 135 | 139 | 140 => {
-                let Some(ext) = bytes(ctx, off, 2) else {
-                    return Parsed::Malformed;
-                };
-                h.proto = u8_at(ext, 0);
-                (u8_at(ext, 1) as usize + 1) * 8
-            }
+            0 | 43 | 60 | 135 | 139 | 140 => match datagram_bytes(ctx, off, 2, end, first_fragment) {
+                Ok(ext) => (u8_at(ext, 0), (u8_at(ext, 1) as usize + 1) * 8),
+                Err(t) => return with_transport(h, t),
+            },
             // Fragment: fixed 8 bytes; later fragments have no transport header.
-            44 => {
-                let Some(ext) = bytes(ctx, off, 8) else {
-                    return Parsed::Malformed;
-                };
-                h.proto = u8_at(ext, 0);
-                if be16_at(ext, 2) >> 3 != 0 {
-                    return Parsed::Ip(h);
+            44 => match datagram_bytes(ctx, off, 8, end, first_fragment) {
+                Ok(ext) => {
+                    let offset_and_flags = be16_at(ext, 2);
+                    if offset_and_flags >> 3 != 0 {
+                        return with_transport(h, Transport::Unmatched);
+                    }
+                    first_fragment = offset_and_flags & 1 != 0;
+                    (u8_at(ext, 0), 8)
                 }
-                8
-            }
+                Err(t) => return with_transport(h, t),
+            },
             // Authentication header: (len + 2) * 4.
-            51 => {
-                let Some(ext) = bytes(ctx, off, 2) else {
-                    return Parsed::Malformed;
-                };
-                h.proto = u8_at(ext, 0);
-                (u8_at(ext, 1) as usize + 2) * 4
-            }
-            _ => return transport(ctx, off, h),
+            51 => match datagram_bytes(ctx, off, 2, end, first_fragment) {
+                Ok(ext) => (u8_at(ext, 0), (u8_at(ext, 1) as usize + 2) * 4),
+                Err(t) => return with_transport(h, t),
+            },
+            _ => return transport(ctx, off, end, first_fragment, hop_limit, h),
         };
+        h.proto = next;
         off += len;
     }
-    Parsed::Malformed
+    with_transport(h, Transport::Evasive)
 }
 
 #[inline(always)]
-fn transport(ctx: &XdpContext, l4: usize, mut h: Headers) -> Parsed {
+fn with_transport(mut h: Headers, t: Transport) -> Parsed {
+    h.transport = t;
+    Parsed::Ip(h)
+}
+
+/// Reads the transport header at `l4`, within the datagram ending at `end`. Each arm checks its
+/// own constant length: a shared, computed length loses the verifier's proof of the bounds.
+#[inline(always)]
+fn transport(ctx: &XdpContext, l4: usize, end: usize, first_fragment: bool, hop_limit: u8, mut h: Headers) -> Parsed {
     match h.proto {
-        proto::TCP => {
-            let Some(tcp) = bytes(ctx, l4, 20) else {
-                return Parsed::Malformed;
-            };
-            h.dport = be16_at(tcp, 2);
-            let flags = u8_at(tcp, 13);
-            h.tcp_syn = flags & 0x02 != 0 && flags & 0x10 == 0;
-        }
-        proto::UDP => {
-            let Some(udp) = bytes(ctx, l4, 8) else {
-                return Parsed::Malformed;
-            };
-            h.dport = be16_at(udp, 2);
-        }
+        proto::TCP => match datagram_bytes(ctx, l4, 20, end, first_fragment) {
+            Ok(tcp) => {
+                h.dport = be16_at(tcp, 2);
+                let flags = u8_at(tcp, 13);
+                h.tcp_syn = flags & 0x02 != 0 && flags & 0x10 == 0;
+            }
+            Err(t) => h.transport = t,
+        },
+        proto::UDP => match datagram_bytes(ctx, l4, 8, end, first_fragment) {
+            Ok(udp) => h.dport = be16_at(udp, 2),
+            Err(t) => h.transport = t,
+        },
         proto::ICMP => {
-            if bytes(ctx, l4, 4).is_none() {
-                return Parsed::Malformed;
+            if let Err(t) = datagram_bytes(ctx, l4, 4, end, first_fragment) {
+                h.transport = t;
             }
         }
-        proto::ICMPV6 => {
-            let Some(icmp) = bytes(ctx, l4, 4) else {
-                return Parsed::Malformed;
-            };
-            // Router/neighbour solicitation and advertisement, redirect: never limited.
-            if (133..=137).contains(&u8_at(icmp, 0)) {
-                return Parsed::NeighbourDiscovery;
+        proto::ICMPV6 => match datagram_bytes(ctx, l4, 4, end, first_fragment) {
+            // Router/neighbour solicitation and advertisement, redirect: never limited. Only
+            // as RFC 4861 has them (IPv6, hop limit 255, code 0); anything else as usual.
+            Ok(icmp)
+                if h.family == Family::V6
+                    && hop_limit == 255
+                    && u8_at(icmp, 1) == 0
+                    && (133..=137).contains(&u8_at(icmp, 0)) =>
+            {
+                return Parsed::NeighbourDiscovery
             }
-        }
+            Ok(_) => {}
+            Err(t) => h.transport = t,
+        },
         _ => {}
     }
     Parsed::Ip(h)
