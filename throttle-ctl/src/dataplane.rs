@@ -9,11 +9,12 @@ use std::{
     collections::{HashMap as StdHashMap, HashSet},
     hash::Hash,
     net::IpAddr,
+    path::Path,
 };
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{links::PinnedLink, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
 use ipnet::IpNet;
@@ -446,6 +447,42 @@ fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
             what: "XDP program".into(),
             source,
         })
+}
+
+/// Name of the pinned XDP link in the pin directory (maps are pinned under their own names).
+pub const LINK_PIN: &str = "link";
+
+/// Maps that are pinned, so that state and enforcement outlive the daemon.
+pub const PINNED_MAPS: [&str; 7] = [
+    names::SETTINGS,
+    names::RULE_INDEX,
+    names::RULES,
+    names::SOURCES,
+    names::COUNTERS,
+    names::ACL_V4,
+    names::ACL_V6,
+];
+
+/// Stops enforcement left behind by a daemon that is gone: unpins the XDP link (the kernel
+/// detaches the program once nothing holds the link) and removes the pinned maps and the
+/// directory. Returns false if nothing was pinned there.
+pub fn detach_pinned(dir: &Path) -> Result<bool, std::io::Error> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let link = dir.join(LINK_PIN);
+    if link.exists() {
+        let pinned = PinnedLink::from_pin(&link).map_err(std::io::Error::other)?;
+        drop(pinned.unpin()?);
+    }
+    for name in PINNED_MAPS {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(true)
 }
 
 /// The 16-byte form of a source address used in `SourceKey` (IPv4 mapped into IPv6).

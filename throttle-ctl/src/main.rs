@@ -1,17 +1,17 @@
-//! `throttle-ctl`: runs the throttle data plane and checks configs.
+//! `throttle-ctl`: the throttle daemon (`run`) and the verbs that drive it through its admin
+//! API.
 //!
-//! Exit codes: 0 success; 1 runtime failure (load, attach, map access); 2 invalid config or usage.
+//! Exit codes: 0 success; 1 failure (the daemon or the kernel refused, or a runtime error);
+//! 2 invalid input or config (nothing changed); 3 the daemon is not running or not reachable.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use throttle_ctl::{
-    config::{Config, ConfigError},
-    dataplane::{AttachMode, Dataplane, LoadOptions},
+    cli::{self, ClientOptions, Verb},
+    config::Config,
+    daemon::{self, RunArgs},
 };
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -20,32 +20,25 @@ use tracing::{error, info, warn};
     about = "Host-level API protection: XDP rate limiting per source"
 )]
 struct Cli {
+    #[command(flatten)]
+    client: ClientOptions,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it, apply the config, and enforce until SIGINT/SIGTERM.
-    Run {
-        /// Configuration file.
-        #[arg(long, short, default_value = "/etc/throttle/throttle.yaml")]
-        config: PathBuf,
-        /// Interface to protect (overrides `interface:` in the config).
-        #[arg(long)]
-        iface: Option<String>,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-        mode: AttachMode,
-        /// Log counters this often (0 = only at exit).
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        stats_interval: Duration,
-    },
+    /// Run the daemon: load (or adopt) the XDP program, apply the config, serve the admin API.
+    Run(RunArgs),
     /// Validate configuration files.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    #[command(flatten)]
+    Verb(Verb),
 }
 
 #[derive(Subcommand)]
@@ -54,17 +47,13 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    throttle_ctl::duration::parse(s)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     match cli.command {
+        Command::Run(args) => {
+            init_logging();
+            daemon::main(args)
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::from_file(&file) {
@@ -83,115 +72,17 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run {
-            config,
-            iface,
-            mode,
-            stats_interval,
-        } => {
-            let config = match Config::from_file(&config) {
-                Ok(c) => c,
-                Err(
-                    e @ (ConfigError::Syntax { .. }
-                    | ConfigError::Invalid { .. }
-                    | ConfigError::Read { .. }),
-                ) => {
-                    error!(category = "config", "{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Some(iface) = iface.or(config.interface.clone()) else {
-                error!(
-                    category = "usage",
-                    "no interface: pass --iface or set `interface:` in the config"
-                );
-                return ExitCode::from(2);
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let result = runtime
-                .context("starting the runtime")
-                .and_then(|rt| rt.block_on(run(config, &iface, mode, stats_interval)));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!(category = "dataplane", "{e:#}");
-                    ExitCode::from(1)
-                }
-            }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "throttle-ctl",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
         }
+        Command::Verb(verb) => cli::run(&cli.client, verb),
     }
-}
-
-async fn run(
-    config: Config,
-    iface: &str,
-    mode: AttachMode,
-    stats_interval: Duration,
-) -> anyhow::Result<()> {
-    let mut dataplane = Dataplane::load(LoadOptions {
-        max_sources: config.max_sources,
-        test_clock: false,
-    })
-    .context("loading the XDP program")?;
-    let generation = dataplane.apply(&config).context("writing the rules")?;
-    let used = dataplane.attach(iface, mode)?;
-    info!(iface, mode = ?used, generation, "enforcing");
-
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let period = if stats_interval.is_zero() {
-        Duration::from_secs(86_400 * 365)
-    } else {
-        stats_interval
-    };
-    let mut ticker = tokio::time::interval(period);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            // A failed read is logged, never fatal: returning would detach the program.
-            _ = ticker.tick() => if let Err(e) = log_counters(&dataplane, &config) {
-                warn!(category = "dataplane", "reading counters: {e:#}");
-            },
-        }
-    }
-    if let Err(e) = log_counters(&dataplane, &config) {
-        warn!(category = "dataplane", "reading counters: {e:#}");
-    }
-    info!(iface, "detaching and exiting");
-    drop(dataplane);
-    Ok(())
-}
-
-fn log_counters(dataplane: &Dataplane, config: &Config) -> anyhow::Result<()> {
-    let counters = dataplane.counters(config.rules.len() as u32)?;
-    for (id, c) in counters.iter().enumerate() {
-        let rule = if id == 0 {
-            "(no rule)"
-        } else {
-            config.rules[id - 1].name.as_str()
-        };
-        info!(
-            rule,
-            passed = c.passed,
-            dropped = c.dropped,
-            marked = c.marked,
-            dry_run = c.dry_run,
-            bytes_passed = c.bytes_passed,
-            bytes_dropped = c.bytes_dropped,
-            malformed = c.malformed,
-            non_ip = c.non_ip,
-            allowlisted = c.allowlisted,
-            denylisted = c.denylisted,
-            evasive = c.evasive,
-            new_sources = c.new_sources,
-            "counters"
-        );
-    }
-    Ok(())
 }
 
 /// JSON logs for the daemon (journald, collectors); human ones on a terminal.
@@ -204,6 +95,10 @@ fn init_logging() {
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
-        builder.json().flatten_event(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     }
 }
