@@ -1,6 +1,7 @@
 //! Helpers for throttle's kernel and end-to-end test tiers: packet crafting, privilege checks,
 //! and network namespaces that clean up after themselves.
 
+pub mod daemon;
 pub mod netns;
 pub mod packet;
 pub mod traffic;

@@ -5,7 +5,7 @@
 use std::{
     fs::File,
     net::IpAddr,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     process::{Child, Command, Output, Stdio},
 };
 
@@ -162,16 +162,32 @@ impl Lab {
         run(&cmd)
     }
 
-    /// Starts a process inside `ns`; it is killed when the lab is dropped.
+    /// Starts a process inside `ns`; it is killed when the lab is dropped. It enters the
+    /// namespace with setns() rather than `ip netns exec`, which would also give it a mount
+    /// namespace with a fresh /sys and no /sys/fs/bpf to pin in.
     pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: File) -> Result<u32> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
+        let netns = File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("opening netns {ns}"))?;
+        let fd = netns.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        // SAFETY: only async-signal-safe setns() between fork and exec, on an fd kept open
+        // until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {program} in {ns}"))?;
+        drop(netns);
         let pid = child.id();
         self.children.push(child);
         Ok(pid)

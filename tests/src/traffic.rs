@@ -1,13 +1,10 @@
-//! Real traffic for the end-to-end tier and the demo: the daemon in the receiver namespace,
-//! UDP senders with a chosen pace in the sender namespace, and a receiver that counts what
-//! gets through per source address.
+//! Real traffic for the end-to-end tier and the demo: UDP senders with a chosen pace in the
+//! sender namespace, and a receiver that counts what gets through per source address.
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Barrier, Mutex,
@@ -15,64 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
-
 use crate::netns::Lab;
-
-pub fn throttle_ctl() -> PathBuf {
-    let path = std::env::var_os("THROTTLE_CTL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/throttle-ctl")
-        });
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask build` first",
-        path.display()
-    );
-    path
-}
-
-/// Starts `throttle-ctl run` with `config` in the receiver namespace and waits until it
-/// enforces. Returns its pid and the path of its log.
-pub fn start_daemon(lab: &mut Lab, config: &str) -> Result<(u32, PathBuf)> {
-    let dir =
-        std::env::temp_dir().join(format!("throttle-{}-{}", lab.receiver, std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config_path = dir.join("throttle.yaml");
-    std::fs::write(&config_path, config)?;
-    let log_path = dir.join("daemon.log");
-    let log = File::create(&log_path)?;
-    let receiver = lab.receiver.clone();
-    let iface = lab.receiver_if.clone();
-    let bin = throttle_ctl();
-    let pid = lab.spawn(
-        &receiver,
-        bin.to_str().unwrap(),
-        &[
-            "run",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--iface",
-            &iface,
-            "--stats-interval",
-            "0",
-        ],
-        log,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("\"enforcing\"") {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("throttle-ctl did not start:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((pid, log_path))
-}
 
 pub fn force_rcvbuf(sock: &UdpSocket, bytes: i32) {
     // SAFETY: setsockopt with a valid fd and an int option value.

@@ -11,9 +11,10 @@ use std::{
 };
 
 use throttle_tests::{
+    daemon::Daemon,
     have_root,
     netns::Lab,
-    traffic::{receiver, sender, start_daemon, Pace},
+    traffic::{receiver, sender, Pace},
 };
 
 const PORT: u16 = 9000;
@@ -61,7 +62,8 @@ fn flood_is_cut_to_the_limit_across_cpus_and_compliant_sources_pass() {
         "rules:\n  - {{name: api-udp, protocol: udp, port: {PORT}, limit: {LIMIT}, window: {}ms}}\ndeny:\n  - cidr: {DENIED_V4}\n",
         WINDOW.as_millis()
     );
-    let (daemon, log_path) = start_daemon(&mut lab, &config).unwrap();
+    let daemon = Daemon::start(&mut lab, "acc", &config, &["--no-pin"]).unwrap();
+    let log_path = daemon.log.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (receiving, received) = receiver(&lab, PORT, stop.clone());
@@ -142,8 +144,8 @@ fn flood_is_cut_to_the_limit_across_cpus_and_compliant_sources_pass() {
 
     // SIGTERM: the daemon exits cleanly and the interface is left without XDP.
     // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
-    unsafe { libc::kill(daemon as i32, libc::SIGTERM) };
-    let code = lab.wait(daemon).unwrap();
+    unsafe { libc::kill(daemon.pid as i32, libc::SIGTERM) };
+    let code = lab.wait(daemon.pid).unwrap();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(code, Some(0), "daemon exit status; log:\n{log}");
     let link = lab

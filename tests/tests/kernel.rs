@@ -33,10 +33,11 @@ impl Fixture {
         let mut dp = Dataplane::load(LoadOptions {
             max_sources: 1024,
             test_clock: true,
+            pin_dir: None,
         })
         .expect("load");
         dp.set_clock(T0).unwrap();
-        dp.apply(&config).expect("apply");
+        dp.apply(&config, &[]).expect("apply");
         Fixture {
             dp,
             rules: config.rules.len() as u32,
@@ -410,6 +411,23 @@ fn denylist_drops_until_expiry() {
 }
 
 #[test]
+fn a_reload_does_not_extend_a_deny_ttl() {
+    root_or_skip!("a_reload_does_not_extend_a_deny_ttl");
+    let yaml = "deny:\n  - {cidr: 198.18.66.0/24, ttl: 10s}\n";
+    let mut f = Fixture::new(yaml);
+    f.set_time(T0 + 6 * SEC);
+    f.dp.apply(&Config::from_yaml(yaml).unwrap(), &[]).unwrap();
+    f.set_time(T0 + 10 * SEC - 1);
+    assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_DROP);
+    f.set_time(T0 + 10 * SEC);
+    assert_eq!(
+        f.verdict(&udp53([198, 18, 66, 1])),
+        XDP_PASS,
+        "expired 10 s after the first apply"
+    );
+}
+
+#[test]
 fn neighbour_discovery_always_passes() {
     root_or_skip!("neighbour_discovery_always_passes");
     let f = Fixture::new(
@@ -616,7 +634,7 @@ fn truncated_packets_pass_and_are_counted_at_every_boundary() {
         c.malformed, cut,
         "every truncated frame is counted as malformed"
     );
-    assert_eq!(f.dp.totals(3).unwrap().dropped, 0);
+    assert_eq!(f.dp.totals().unwrap().dropped, 0);
     for id in 1..=3 {
         assert_eq!(
             f.counters(id).new_sources,
@@ -659,7 +677,7 @@ fn malformed_headers_pass() {
         assert_ne!(f.verdict(&frame), XDP_ABORTED);
     }
     // Every frame got a verdict and was counted once.
-    let totals = f.dp.totals(1).unwrap();
+    let totals = f.dp.totals().unwrap();
     assert_eq!(totals.passed + totals.dropped, 2000 + 4);
 }
 
@@ -673,7 +691,7 @@ fn reload_switches_rule_sets_in_one_step() {
         "rules:\n  - {name: dns, protocol: udp, port: 53, limit: 5, window: 1s}\n",
     )
     .unwrap();
-    assert_eq!(f.dp.apply(&config).unwrap(), 2);
+    assert_eq!(f.dp.apply(&config, &[]).unwrap().generation, 2);
     let s = f.dp.settings().unwrap();
     assert_eq!((s.generation, s.active_slot), (2, 0));
     // Same rule id: the source's window carries on, with the higher limit.
@@ -683,7 +701,7 @@ fn reload_switches_rule_sets_in_one_step() {
         "rules:\n  - {name: ntp, protocol: udp, port: 123, limit: 1, window: 1s}\n",
     )
     .unwrap();
-    assert_eq!(f.dp.apply(&other).unwrap(), 3);
+    assert_eq!(f.dp.apply(&other, &[]).unwrap().generation, 3);
     assert_eq!(f.dp.settings().unwrap().active_slot, 1);
     assert_eq!(f.passes(&udp53([198, 18, 0, 9]), 10), 10);
     assert_eq!(
@@ -694,7 +712,7 @@ fn reload_switches_rule_sets_in_one_step() {
         1
     );
     // Removing every rule stops limiting.
-    f.dp.apply(&Config::from_yaml("{}").unwrap()).unwrap();
+    f.dp.apply(&Config::from_yaml("{}").unwrap(), &[]).unwrap();
     assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 10), 10);
 }
 
@@ -707,8 +725,11 @@ fn reload_replaces_the_access_list() {
     let denied6 = Packet::v6("2001:db8:66::1".parse().unwrap(), L4::Udp { dport: 53 }).build();
     assert_eq!(f.verdict(&udp53([198, 18, 66, 1])), XDP_DROP);
     assert_eq!(f.verdict(&denied6), XDP_DROP);
-    f.dp.apply(&Config::from_yaml("deny: [{cidr: 198.18.67.0/24}]\n").unwrap())
-        .unwrap();
+    f.dp.apply(
+        &Config::from_yaml("deny: [{cidr: 198.18.67.0/24}]\n").unwrap(),
+        &[],
+    )
+    .unwrap();
     assert_eq!(
         f.verdict(&udp53([198, 18, 66, 1])),
         XDP_PASS,
@@ -717,7 +738,7 @@ fn reload_replaces_the_access_list() {
     assert_eq!(f.verdict(&denied6), XDP_PASS, "stale v6 deny entry removed");
     assert_eq!(f.verdict(&udp53([198, 18, 67, 1])), XDP_DROP);
     assert_eq!(f.counters(0).allowlisted, 0);
-    f.dp.apply(&Config::from_yaml("{}").unwrap()).unwrap();
+    f.dp.apply(&Config::from_yaml("{}").unwrap(), &[]).unwrap();
     assert_eq!(f.dp.settings().unwrap().acl_entries, 0);
     assert_eq!(f.verdict(&udp53([198, 18, 67, 1])), XDP_PASS);
 }

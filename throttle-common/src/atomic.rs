@@ -19,6 +19,11 @@ mod imp {
     pub unsafe fn swap(p: *mut u64, v: u64) -> u64 {
         unsafe { intrinsics::atomic_xchg::<u64, { SeqCst }>(p, v) }
     }
+    /// `*p += v`, result unused (a plain BPF atomic add).
+    #[inline(always)]
+    pub unsafe fn add(p: *mut u64, v: u64) {
+        unsafe { intrinsics::atomic_xadd::<u64, u64, { SeqCst }>(p, v) };
+    }
     #[inline(always)]
     pub unsafe fn compare_exchange(p: *mut u64, old: u64, new: u64) -> bool {
         unsafe { intrinsics::atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).1 }
@@ -36,6 +41,10 @@ mod imp {
     #[inline(always)]
     pub unsafe fn swap(p: *mut u64, v: u64) -> u64 {
         unsafe { AtomicU64::from_ptr(p) }.swap(v, SeqCst)
+    }
+    #[inline(always)]
+    pub unsafe fn add(p: *mut u64, v: u64) {
+        unsafe { AtomicU64::from_ptr(p) }.fetch_add(v, SeqCst);
     }
     #[inline(always)]
     pub unsafe fn compare_exchange(p: *mut u64, old: u64, new: u64) -> bool {

@@ -16,4 +16,4 @@ pub mod maps;
 pub mod window;
 
 pub use maps::*;
-pub use window::{admit, estimate, Window, WindowState};
+pub use window::{admit, estimate, refuse, Window, WindowState};

@@ -31,6 +31,8 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const ACL_V4: &str = "ACL_V4";
     pub const ACL_V6: &str = "ACL_V6";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Load-time constant: when non-zero, the program reads time from `Settings::clock_override_ns`.
     pub const TEST_CLOCK: &str = "TEST_CLOCK";
     /// Name of the XDP program in the object.
@@ -116,6 +118,9 @@ pub struct Rule {
     pub proto: u8,
     pub port: u16,
     pub _pad: [u8; 6],
+    /// Identity of the rule across reloads (a hash of its name, unit and window, made by the
+    /// controller): a rule that keeps it keeps its id, and so its sources' windows.
+    pub identity: u64,
 }
 
 impl Rule {
@@ -164,17 +169,33 @@ pub struct Settings {
     pub acl_entries: u32,
     /// [`SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
-    pub _pad: u32,
+    /// Interface the pinned link is attached to (0 until attached).
+    pub ifindex: u32,
     /// Generation of the applied rule set, reported by the controller.
     pub generation: u64,
     /// Time seen by the program when it was loaded with `TEST_CLOCK` set; ignored otherwise.
     pub clock_override_ns: u64,
+    /// [`ATTACH_DRIVER`] or [`ATTACH_SKB`] once attached.
+    pub attach_mode: u32,
+    /// Where the controller looks for the next free rule id: ids are handed out round-robin so
+    /// a removed rule's id (and the windows still keyed by it) is not reused soon.
+    pub next_rule_id: u32,
 }
+
+/// [`Settings::attach_mode`]: native XDP.
+pub const ATTACH_DRIVER: u32 = 1;
+/// [`Settings::attach_mode`]: generic (skb) XDP.
+pub const ATTACH_SKB: u32 = 2;
 
 /// [`AclEntry::kind`]: never limited.
 pub const ACL_ALLOW: u8 = 1;
 /// [`AclEntry::kind`]: always dropped (until `expires_ns`).
 pub const ACL_DENY: u8 = 2;
+
+/// [`AclEntry::origin`]: from the config file.
+pub const ORIGIN_CONFIG: u8 = 0;
+/// [`AclEntry::origin`]: added through the admin API.
+pub const ORIGIN_API: u8 = 1;
 
 /// Value of the `ACL_V4` / `ACL_V6` tries, keyed by prefix: allowlist and denylist in one trie,
 /// so a packet pays one longest-prefix lookup. The controller leaves out deny entries that lie
@@ -184,9 +205,39 @@ pub const ACL_DENY: u8 = 2;
 pub struct AclEntry {
     /// [`ACL_ALLOW`] or [`ACL_DENY`].
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// [`ORIGIN_CONFIG`] or [`ORIGIN_API`]: API entries survive reloads and restarts.
+    pub origin: u8,
+    pub _pad: [u8; 6],
     /// CLOCK_MONOTONIC ns after which a deny entry no longer applies; 0 = never expires.
     pub expires_ns: u64,
+}
+
+/// Over-quota events a CPU may emit per second: bounds the ring buffer's load under a
+/// spoofed-source flood, where every source is new and over quota at once.
+pub const EVENTS_PER_SECOND_PER_CPU: u64 = 1000;
+
+/// A source went over quota under a rule: sent on the `EVENTS` ring buffer at most once per
+/// (source, rule, window), and at most [`EVENTS_PER_SECOND_PER_CPU`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverQuotaEvent {
+    pub addr: [u8; 16],
+    pub rule_id: u32,
+    /// [`Action`] applied to the refused traffic.
+    pub action: u8,
+    pub _pad: [u8; 3],
+    /// Start of the window in which the source went over (CLOCK_MONOTONIC ns).
+    pub window_start_ns: u64,
+    /// Units refused so far from this source under this rule.
+    pub refused: u64,
+}
+
+/// Per-CPU state of the event rate limit (`EVENT_BUDGET`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub second_start_ns: u64,
+    pub sent: u64,
 }
 
 /// Per-rule counters, one per CPU (`COUNTERS` is a per-CPU array indexed by rule id).
@@ -242,6 +293,8 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for AclEntry {}
+    unsafe impl aya::Pod for OverQuotaEvent {}
+    unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for WindowState {}
 }
@@ -253,12 +306,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Rule>(), 40);
+        assert_eq!(size_of::<Rule>(), 48);
         assert_eq!(size_of::<AclEntry>(), 16);
         assert_eq!(size_of::<SourceKey>(), 20);
-        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Settings>(), 40);
         assert_eq!(size_of::<Counters>(), 12 * 8);
-        assert_eq!(size_of::<crate::WindowState>(), 24);
+        assert_eq!(size_of::<crate::WindowState>(), 40);
+        assert_eq!(size_of::<OverQuotaEvent>(), 40);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct WindowState {
     pub prev: u64,
     /// Units admitted so far in the current window.
     pub curr: u64,
+    /// Units refused since the source was first tracked (for `throttle-ctl top`).
+    pub refused: u64,
+    /// `start_ns` of the last window in which an over-quota event was sent for this source.
+    pub reported_start_ns: u64,
 }
 
 impl WindowState {
@@ -60,8 +64,25 @@ impl WindowState {
             start_ns: now,
             prev: 0,
             curr: 0,
+            refused: 0,
+            reported_start_ns: 0,
         }
     }
+}
+
+/// Counts a refusal of `cost` units; returns true if it is the first in the current window
+/// that should be reported (one over-quota event per source, rule and window).
+///
+/// # Safety
+/// As for [`admit`].
+#[inline(always)]
+pub unsafe fn refuse(state: *mut WindowState, cost: u64) -> bool {
+    // SAFETY (all atomic calls): fields of the caller's valid state.
+    unsafe { atomic::add(addr_of_mut!((*state).refused), cost) };
+    let start = unsafe { atomic::load(addr_of_mut!((*state).start_ns)) };
+    let reported = unsafe { addr_of_mut!((*state).reported_start_ns) };
+    let last = unsafe { atomic::load(reported) };
+    last != start && unsafe { atomic::compare_exchange(reported, last, start) }
 }
 
 /// A window length and its reciprocal, `ceil(2^63 / ns)`, computed once when rules are written
@@ -252,6 +273,18 @@ mod tests {
         assert!(!unsafe { admit(&mut s, 0, WINDOW, 100, 101) });
         assert!(unsafe { admit(&mut s, 0, WINDOW, 100, 100) });
         assert_eq!(s.curr, 100);
+    }
+
+    #[test]
+    fn refusals_are_counted_and_reported_once_per_window() {
+        let mut s = WindowState::new(1);
+        assert!(run(&mut s, 1, 1));
+        assert!(!run(&mut s, 1, 1));
+        assert!(unsafe { refuse(&mut s, 1) });
+        assert!(!unsafe { refuse(&mut s, 1) });
+        assert!(!run(&mut s, W + 2, 1));
+        assert!(unsafe { refuse(&mut s, 5) }, "a new window reports again");
+        assert_eq!(s.refused, 7);
     }
 
     #[test]

@@ -420,16 +420,16 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
 }
 
 impl Config {
-    /// The rules as the `RULES` array takes them; ids are positions in the file, from 1
-    /// (0 counts unmatched traffic).
+    /// The rules as the `RULES` array takes them, with `id` 0: the data plane hands out ids,
+    /// keeping a rule's id as long as its `identity` (name, unit, window) stays.
     pub fn compile_rules(&self) -> Vec<Rule> {
         self.rules
             .iter()
-            .enumerate()
-            .map(|(i, r)| Rule {
+            .map(|r| Rule {
                 limit: r.limit,
                 window: throttle_common::Window::new(r.window.as_nanos() as u64),
-                id: i as u32 + 1,
+                id: 0,
+                identity: rule_identity(&r.name, r.unit, r.window),
                 unit: match r.unit {
                     UnitConfig::Packets => Unit::Packets,
                     UnitConfig::Bytes => Unit::Bytes,
@@ -447,6 +447,20 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// A rule's identity across reloads: FNV-1a over its name, unit and window. What it counts
+/// and over how long define its windows' meaning; its limit, action or port may change under
+/// the same windows.
+pub fn rule_identity(name: &str, unit: UnitConfig, window: Duration) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let unit = [unit as u8];
+    let window = (window.as_nanos() as u64).to_le_bytes();
+    for byte in name.as_bytes().iter().chain(&unit).chain(&window) {
+        hash ^= *byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]
@@ -493,7 +507,8 @@ deny:
         assert_eq!(c.max_sources, DEFAULT_MAX_SOURCES);
         let rules = c.compile_rules();
         assert_eq!(rules.len(), 3);
-        assert_eq!((rules[0].proto, rules[0].port, rules[0].id), (6, 443, 1));
+        assert_eq!((rules[0].proto, rules[0].port, rules[0].id), (6, 443, 0));
+        assert_ne!(rules[0].identity, rules[1].identity);
         assert_eq!(rules[0].unit, Unit::NewConnections as u8);
         assert_eq!(rules[1].action, Action::Mark as u8);
         assert_eq!(rules[1].dscp, 8);

@@ -9,18 +9,23 @@ use std::{
     collections::{HashMap as StdHashMap, HashSet},
     hash::Hash,
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapError, PerCpuArray},
-    programs::{links::PinnedLink, ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use ipnet::IpNet;
 use throttle_common::{
     names, rule_index, rule_protocol, rule_slot_index, AclEntry, Counters, Rule, Settings,
-    SourceKey, WindowState, ACL_ALLOW, ACL_DENY, MAX_RULES, RULE_SLOTS, SCHEMA_VERSION,
+    SourceKey, WindowState, ACL_ALLOW, ACL_DENY, ATTACH_DRIVER, ATTACH_SKB, MAX_RULES, ORIGIN_API,
+    ORIGIN_CONFIG, RULE_SLOTS, SCHEMA_VERSION,
 };
 use tracing::{info, warn};
 
@@ -49,6 +54,17 @@ pub enum DataplaneError {
     Program { what: String, source: ProgramError },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error("{}: {detail}", path.display())]
+    Pin { path: PathBuf, detail: String },
+    #[error(
+        "the maps pinned at {} have another layout ({detail}); they belong to another version of \
+         throttle, whose program keeps enforcing. To replace it: `throttle-ctl detach --pin-dir {}` \
+         (stops enforcement), then start this daemon again",
+        dir.display(), dir.display()
+    )]
+    IncompatiblePins { dir: PathBuf, detail: String },
+    #[error("unknown network interface {0}")]
+    UnknownInterface(String),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -66,38 +82,125 @@ pub enum AttachMode {
     Skb,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Size of the per-(source, rule) LRU table.
     pub max_sources: u32,
     /// Read time from `Settings::clock_override_ns` instead of the kernel clock (tests only).
     pub test_clock: bool,
+    /// Pin maps and link here (on a bpffs), and adopt what an earlier daemon pinned, so
+    /// enforcement and state outlive the daemon. None: everything goes with the process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 pub struct Dataplane {
     ebpf: Ebpf,
     test_clock: bool,
+    pin_dir: Option<PathBuf>,
+    /// Maps were taken over from pins left by an earlier daemon.
+    adopted: bool,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: u64,
+    /// Rule id of each config rule, in config order.
+    pub ids: Vec<u32>,
 }
 
 impl Dataplane {
-    /// Loads the program and creates its maps (not attached yet).
+    /// Loads the program and creates its maps, or takes over the maps pinned in
+    /// `opts.pin_dir` (not attached yet: see [`Dataplane::attach`]).
     pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
+        let adopted = match &opts.pin_dir {
+            Some(dir) if dir.join(names::SETTINGS).exists() => {
+                check_pinned_layout(dir)?;
+                true
+            }
+            Some(dir) => {
+                ensure_bpffs(dir)?;
+                std::fs::create_dir_all(dir).map_err(|e| DataplaneError::Pin {
+                    path: dir.clone(),
+                    detail: format!("{e} (pins must be on a bpf filesystem)"),
+                })?;
+                false
+            }
+            None => false,
+        };
         let test_clock = u8::from(opts.test_clock);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::SOURCES, opts.max_sources)
-            .override_global(names::TEST_CLOCK, &test_clock, true)
-            .load(OBJECT)?;
+            .override_global(names::TEST_CLOCK, &test_clock, true);
+        let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let program = xdp_mut(&mut ebpf)?;
         program.load().map_err(verifier_error)?;
         let mut dp = Dataplane {
             ebpf,
             test_clock: opts.test_clock,
+            pin_dir: opts.pin_dir,
+            adopted,
         };
-        dp.write_settings(|s| s.schema_version = SCHEMA_VERSION)?;
+        if adopted {
+            let pinned = dp.map_info(names::SOURCES)?.max_entries();
+            if pinned != opts.max_sources {
+                warn!(
+                    pinned,
+                    configured = opts.max_sources,
+                    "max_sources differs from the pinned table's size, which stays until `throttle-ctl detach`"
+                );
+            }
+            info!(pin_dir = ?dp.pin_dir, generation = dp.settings()?.generation, "adopted pinned maps");
+        } else {
+            dp.write_settings(|s| s.schema_version = SCHEMA_VERSION)?;
+        }
         Ok(dp)
+    }
+
+    /// True when the maps were taken over from an earlier daemon's pins.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Kernel id of the loaded program.
+    pub fn program_id(&self) -> Result<u32, DataplaneError> {
+        let info = self
+            .program()?
+            .info()
+            .map_err(|source| DataplaneError::Program {
+                what: "reading the program's info".into(),
+                source,
+            })?;
+        Ok(info.id())
+    }
+
+    /// Kernel facts about one of the program's maps (size, entries limit).
+    pub fn map_info(&self, name: &'static str) -> Result<aya::maps::MapInfo, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        let data: &aya::maps::MapData = match map {
+            aya::maps::Map::Array(m)
+            | aya::maps::Map::PerCpuArray(m)
+            | aya::maps::Map::LruHashMap(m)
+            | aya::maps::Map::LpmTrie(m)
+            | aya::maps::Map::RingBuf(m) => m,
+            _ => return Err(DataplaneError::Missing(name)),
+        };
+        data.info().map_err(map_err(name))
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -114,15 +217,57 @@ impl Dataplane {
             })
     }
 
-    /// Attaches to `iface`; returns the mode in use. Detached when `self` is dropped.
+    /// Attaches to `iface` and returns the mode in use. With a pin directory, the link is
+    /// pinned so the program keeps running without the daemon; a link an earlier daemon
+    /// pinned is taken over, and its program replaced by this one in one step
+    /// (`bpf_link_update`), so enforcement never pauses. Without pins the program is detached
+    /// when `self` is dropped.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DataplaneError> {
+        let ifindex = ifindex(iface)?;
+        let link_pin = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN));
+        if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
+            let settings = self.settings()?;
+            if settings.ifindex != 0 && settings.ifindex != ifindex {
+                return Err(DataplaneError::Pin {
+                    path: pin.clone(),
+                    detail: format!(
+                        "the pinned program is attached to interface index {}, not {iface}; \
+                         run `throttle-ctl detach` first to move it",
+                        settings.ifindex
+                    ),
+                });
+            }
+            let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                detail: e.to_string(),
+            })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::Pin {
+                    path: pin.clone(),
+                    detail: e.to_string(),
+                })?;
+            xdp_mut(&mut self.ebpf)?
+                .attach_to_link(link)
+                .map_err(|source| DataplaneError::Program {
+                    what: format!("replacing the program of the pinned link on {iface}"),
+                    source,
+                })?;
+            let used = if settings.attach_mode == ATTACH_SKB {
+                XdpMode::Skb
+            } else {
+                XdpMode::Driver
+            };
+            info!(iface, mode = ?used, "took over the pinned link; program replaced without a gap");
+            return Ok(used);
+        }
+
         let program = xdp_mut(&mut self.ebpf)?;
         let wanted = match mode {
             AttachMode::Skb => XdpMode::Skb,
             AttachMode::Auto | AttachMode::Driver => XdpMode::Driver,
         };
-        let used = match program.attach(iface, wanted) {
-            Ok(_) => wanted,
+        let (link_id, used) = match program.attach(iface, wanted) {
+            Ok(id) => (id, wanted),
             // Only "the driver has no native XDP" falls back; anything else (another program
             // attached, an MTU too large for XDP) would fail the same way in generic mode or
             // hide a problem the operator must see.
@@ -133,24 +278,83 @@ impl Dataplane {
                     "native XDP unsupported by the driver, falling back to generic (skb) mode: it \
                      runs after GRO, so `packets` rules count merged TCP segments as one"
                 );
-                program
+                let id = program
                     .attach(iface, XdpMode::Skb)
                     .map_err(|source| attach_error(iface, XdpMode::Skb, source))?;
-                XdpMode::Skb
+                (id, XdpMode::Skb)
             }
             Err(source) => return Err(attach_error(iface, wanted, source)),
         };
-        info!(iface, mode = ?used, "attached");
+        if let Some(pin) = link_pin {
+            // Pinned, the link outlives this process: the program owns it no longer.
+            let link = program
+                .take_link(link_id)
+                .map_err(|source| DataplaneError::Program {
+                    what: "taking the link to pin it".into(),
+                    source,
+                })?;
+            let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                detail: format!(
+                    "{e}: this kernel attached XDP through netlink, which cannot be pinned"
+                ),
+            })?;
+            fd_link.pin(&pin).map_err(|e| DataplaneError::Pin {
+                path: pin.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        self.write_settings(|s| {
+            s.ifindex = ifindex;
+            s.attach_mode = if used == XdpMode::Skb {
+                ATTACH_SKB
+            } else {
+                ATTACH_DRIVER
+            };
+        })?;
+        info!(iface, mode = ?used, pinned = self.pin_dir.is_some(), "attached");
         Ok(used)
     }
 
-    /// Applies a validated config: rules by slot switch, then the access lists.
-    /// Returns the new generation.
-    pub fn apply(&mut self, config: &Config) -> Result<u64, DataplaneError> {
+    /// Applies a validated config: rules by slot switch, then the access list (the config's
+    /// entries plus `runtime`, the ones added through the API). Rules keep their id across
+    /// applies as long as their identity (name, unit, window) stays; new ones get ids handed
+    /// out round-robin, with their counters zeroed.
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        runtime: &[RuntimeAcl],
+    ) -> Result<Applied, DataplaneError> {
         let settings = self.settings()?;
         let new_slot = (settings.active_slot + 1) % RULE_SLOTS;
+        let live: StdHashMap<u64, u32> = self
+            .active_rules()?
+            .into_iter()
+            .map(|r| (r.identity, r.id))
+            .collect();
+        let mut compiled = config.compile_rules();
+        let mut taken: HashSet<u32> = compiled
+            .iter()
+            .filter_map(|r| live.get(&r.identity).copied())
+            .collect();
+        let mut next = settings.next_rule_id.max(1);
+        let mut fresh = Vec::new();
+        for rule in &mut compiled {
+            rule.id = match live.get(&rule.identity) {
+                Some(id) => *id,
+                None => {
+                    // `taken` has fewer than MAX_RULES - 1 ids: validation caps the rule count.
+                    while taken.contains(&next) || live.values().any(|id| *id == next) {
+                        next = next % (MAX_RULES - 1) + 1;
+                    }
+                    taken.insert(next);
+                    fresh.push(next);
+                    next
+                }
+            };
+        }
+        self.zero_counters(&fresh)?;
         self.clear_slot(new_slot)?;
-        let compiled = config.compile_rules();
         {
             let mut rules: Array<_, Rule> =
                 Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
@@ -172,22 +376,98 @@ impl Dataplane {
             }
         }
 
-        let acl = access_list(config, self.now_ns()?);
-        self.sync_acl(&acl)?;
+        let acl = self.apply_access_list(config, runtime)?;
 
         let generation = settings.generation + 1;
         self.write_settings(|s| {
             s.active_slot = new_slot;
-            s.acl_entries = acl.len() as u32;
             s.generation = generation;
+            s.next_rule_id = next;
         })?;
-        info!(
+        info!(generation, rules = compiled.len(), acl, "rules applied");
+        Ok(Applied {
             generation,
-            rules = compiled.len(),
-            acl = acl.len(),
-            "rules applied"
-        );
-        Ok(generation)
+            ids: compiled.iter().map(|r| r.id).collect(),
+        })
+    }
+
+    /// Writes the access list alone (config entries plus `runtime`, expired ones left out);
+    /// returns the number of entries.
+    pub fn apply_access_list(
+        &mut self,
+        config: &Config,
+        runtime: &[RuntimeAcl],
+    ) -> Result<usize, DataplaneError> {
+        let now = self.now_ns()?;
+        let mut acl = access_list(config, runtime, now);
+        // A config deny entry with a TTL keeps the expiry it got when first applied: neither a
+        // reload nor a daemon restart extends it.
+        let existing: StdHashMap<Cidr, AclEntry> = self.acl_entries()?.into_iter().collect();
+        for (cidr, entry) in acl.iter_mut() {
+            let is_config_ttl =
+                |e: &AclEntry| e.kind == ACL_DENY && e.origin == ORIGIN_CONFIG && e.expires_ns != 0;
+            if let Some(old) = existing
+                .get(cidr)
+                .filter(|old| is_config_ttl(old) && is_config_ttl(entry))
+            {
+                entry.expires_ns = old.expires_ns;
+            }
+        }
+        acl.retain(|_, e| e.expires_ns == 0 || e.expires_ns > now);
+        let count = acl.len();
+        // Counted up before entries are added, down after they are removed: a packet may look
+        // up an empty list, never skip a full one.
+        let previous = self.settings()?.acl_entries as usize;
+        if count > previous {
+            self.write_settings(|s| s.acl_entries = count as u32)?;
+        }
+        self.sync_acl(&acl)?;
+        self.write_settings(|s| s.acl_entries = count as u32)?;
+        Ok(count)
+    }
+
+    /// The rules of the active slot.
+    pub fn active_rules(&self) -> Result<Vec<Rule>, DataplaneError> {
+        let slot = self.settings()?.active_slot;
+        let map = self
+            .ebpf
+            .map(names::RULES)
+            .ok_or(DataplaneError::Missing(names::RULES))?;
+        let rules: Array<_, Rule> = Array::try_from(map).map_err(map_err(names::RULES))?;
+        let mut out = Vec::new();
+        for id in 1..MAX_RULES {
+            let rule = rules
+                .get(&rule_slot_index(slot, id), 0)
+                .map_err(map_err(names::RULES))?;
+            if rule.limit != 0 {
+                out.push(rule);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Zeroes the counters of ids about to be given to new rules.
+    fn zero_counters(&mut self, ids: &[u32]) -> Result<(), DataplaneError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Pin {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            detail: e.to_string(),
+        })?;
+        let mut counters: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.map(names::COUNTERS)?).map_err(map_err(names::COUNTERS))?;
+        for id in ids {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])
+                .map_err(|e| DataplaneError::Map {
+                    map: names::COUNTERS,
+                    source: MapError::from(e),
+                })?;
+            counters
+                .set(*id, zeros, 0)
+                .map_err(map_err(names::COUNTERS))?;
+        }
+        Ok(())
     }
 
     /// Empties a rule slot, using the rules it holds to find their index entries.
@@ -258,11 +538,113 @@ impl Dataplane {
             .collect()
     }
 
-    /// Sum of all counters.
-    pub fn totals(&self, max_id: u32) -> Result<Counters, DataplaneError> {
+    /// Sum of all counters, of every id: removed rules included, so totals never go back.
+    pub fn totals(&self) -> Result<Counters, DataplaneError> {
         let mut sum = Counters::default();
-        self.counters(max_id)?.iter().for_each(|c| sum.add(c));
+        self.counters(MAX_RULES - 1)?
+            .iter()
+            .for_each(|c| sum.add(c));
         Ok(sum)
+    }
+
+    /// Every tracked (source, rule) with its window state, at most `max` of them.
+    pub fn sources(&self, max: usize) -> Result<Vec<(SourceKey, WindowState)>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(names::SOURCES)
+            .ok_or(DataplaneError::Missing(names::SOURCES))?;
+        let sources: HashMap<_, SourceKey, WindowState> =
+            HashMap::try_from(map).map_err(map_err(names::SOURCES))?;
+        let mut out = Vec::new();
+        for item in sources.iter().take(max) {
+            match item {
+                Ok(kv) => out.push(kv),
+                // An entry evicted between listing its key and reading it: skip it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::SOURCES)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in a hash or trie map (walks the keys).
+    pub fn count_entries(&self, name: &'static str) -> Result<u64, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        let count = match name {
+            names::SOURCES => HashMap::<_, SourceKey, WindowState>::try_from(map)
+                .map_err(map_err(name))?
+                .keys()
+                .count(),
+            names::ACL_V4 => LpmTrie::<_, [u8; 4], AclEntry>::try_from(map)
+                .map_err(map_err(name))?
+                .keys()
+                .count(),
+            names::ACL_V6 => LpmTrie::<_, [u8; 16], AclEntry>::try_from(map)
+                .map_err(map_err(name))?
+                .keys()
+                .count(),
+            _ => return Err(DataplaneError::Missing(name)),
+        };
+        Ok(count as u64)
+    }
+
+    /// The access-list entries in the tries.
+    pub fn acl_entries(&self) -> Result<Vec<(Cidr, AclEntry)>, DataplaneError> {
+        let mut out = Vec::new();
+        let map = self
+            .ebpf
+            .map(names::ACL_V4)
+            .ok_or(DataplaneError::Missing(names::ACL_V4))?;
+        let v4: LpmTrie<_, [u8; 4], AclEntry> =
+            LpmTrie::try_from(map).map_err(map_err(names::ACL_V4))?;
+        for item in v4.iter() {
+            let (k, v) = item.map_err(map_err(names::ACL_V4))?;
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                out.push((Cidr(net), v));
+            }
+        }
+        let map = self
+            .ebpf
+            .map(names::ACL_V6)
+            .ok_or(DataplaneError::Missing(names::ACL_V6))?;
+        let v6: LpmTrie<_, [u8; 16], AclEntry> =
+            LpmTrie::try_from(map).map_err(map_err(names::ACL_V6))?;
+        for item in v6.iter() {
+            let (k, v) = item.map_err(map_err(names::ACL_V6))?;
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                out.push((Cidr(net), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The over-quota event ring buffer; can be taken once.
+    pub fn take_events(
+        &mut self,
+    ) -> Result<aya::maps::RingBuf<aya::maps::MapData>, DataplaneError> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(DataplaneError::Missing(names::EVENTS))?;
+        aya::maps::RingBuf::try_from(map).map_err(map_err(names::EVENTS))
+    }
+
+    /// Stops enforcement on purpose: unpins the link and the maps. The program is detached
+    /// when `self` (the last holder of the link) is dropped.
+    pub fn detach(self) -> Result<(), DataplaneError> {
+        if let Some(dir) = &self.pin_dir {
+            detach_pinned(dir).map_err(|e| DataplaneError::Pin {
+                path: dir.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        drop(self);
+        Ok(())
+    }
+
+    /// CLOCK_MONOTONIC now as the program sees it (the test clock when loaded with one).
+    pub fn now(&self) -> Result<u64, DataplaneError> {
+        self.now_ns()
     }
 
     /// Sliding-window state of one (source, rule), if tracked.
@@ -349,31 +731,36 @@ fn sync_trie<K: aya::Pod + Eq + Hash>(
     Ok(())
 }
 
-/// The access list as written to the tries. Allow wins: a deny entry inside (or equal to) an
-/// allow entry is left out, since under longest-prefix matching it would otherwise override
-/// the allow entry for its addresses.
-pub fn access_list(config: &Config, now_ns: u64) -> StdHashMap<Cidr, AclEntry> {
-    let mut acl = StdHashMap::new();
+/// An access-list entry added through the admin API: kept across reloads and restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeAcl {
+    pub cidr: Cidr,
+    /// [`ACL_ALLOW`] or [`ACL_DENY`].
+    pub kind: u8,
+    /// CLOCK_MONOTONIC ns; 0 = never expires.
+    pub expires_ns: u64,
+}
+
+/// The access list as written to the tries: the config's entries, then the API's (which win
+/// for the same CIDR). Allow wins: a deny entry inside (or equal to) an allow entry is left
+/// out, since under longest-prefix matching it would otherwise override the allow entry for
+/// its addresses. Expired deny entries are left out.
+pub fn access_list(
+    config: &Config,
+    runtime: &[RuntimeAcl],
+    now_ns: u64,
+) -> StdHashMap<Cidr, AclEntry> {
+    let mut wanted: StdHashMap<Cidr, AclEntry> = StdHashMap::new();
+    let entry = |kind, origin, expires_ns| AclEntry {
+        kind,
+        origin,
+        expires_ns,
+        ..Default::default()
+    };
     for cidr in &config.allow {
-        acl.insert(
-            *cidr,
-            AclEntry {
-                kind: ACL_ALLOW,
-                ..Default::default()
-            },
-        );
+        wanted.insert(*cidr, entry(ACL_ALLOW, ORIGIN_CONFIG, 0));
     }
-    let allowed: HashSet<IpNet> = config.allow.iter().map(|c| c.0).collect();
     for deny in &config.deny {
-        // The allow entries that could contain it are its supernets: at most 129 look-ups.
-        let net = deny.cidr.0;
-        let covering = (0..=net.prefix_len())
-            .filter_map(|len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
-            .find(|n| allowed.contains(n));
-        if let Some(allow) = covering {
-            warn!(deny = %deny.cidr, allow = %allow, "deny entry lies inside an allow entry; allow wins, deny ignored");
-            continue;
-        }
         let ttl_ns = deny
             .ttl
             .map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
@@ -382,16 +769,132 @@ pub fn access_list(config: &Config, now_ns: u64) -> StdHashMap<Cidr, AclEntry> {
         } else {
             now_ns.saturating_add(ttl_ns)
         };
-        acl.insert(
-            deny.cidr,
-            AclEntry {
-                kind: ACL_DENY,
-                expires_ns,
-                ..Default::default()
-            },
-        );
+        wanted.insert(deny.cidr, entry(ACL_DENY, ORIGIN_CONFIG, expires_ns));
     }
-    acl
+    for r in runtime {
+        wanted.insert(r.cidr, entry(r.kind, ORIGIN_API, r.expires_ns));
+    }
+    let allowed: HashSet<IpNet> = wanted
+        .iter()
+        .filter(|(_, e)| e.kind == ACL_ALLOW)
+        .map(|(c, _)| c.0)
+        .collect();
+    wanted.retain(|cidr, e| {
+        if e.kind != ACL_DENY {
+            return true;
+        }
+        if e.expires_ns != 0 && e.expires_ns <= now_ns {
+            return false;
+        }
+        // The allow entries that could contain it are its supernets: at most 129 look-ups.
+        let net = cidr.0;
+        let covering = (0..=net.prefix_len())
+            .filter_map(|len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
+            .find(|n| allowed.contains(n));
+        if let Some(allow) = covering {
+            warn!(deny = %cidr, allow = %allow, "deny entry lies inside an allow entry; allow wins, deny ignored");
+            return false;
+        }
+        true
+    });
+    wanted
+}
+
+/// Checks that the maps pinned in `dir` have this build's layout before taking them over:
+/// the key and value sizes of every map, and the schema version written in `SETTINGS`.
+fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
+    use std::mem::size_of;
+    let incompatible = |detail: String| DataplaneError::IncompatiblePins {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    let expected: [(&str, usize, usize); 7] = [
+        (names::SETTINGS, 4, size_of::<Settings>()),
+        (names::RULE_INDEX, 4, size_of::<u16>()),
+        (names::RULES, 4, size_of::<Rule>()),
+        (
+            names::SOURCES,
+            size_of::<SourceKey>(),
+            size_of::<WindowState>(),
+        ),
+        (names::COUNTERS, 4, size_of::<Counters>()),
+        (names::ACL_V4, 8, size_of::<AclEntry>()),
+        (names::ACL_V6, 20, size_of::<AclEntry>()),
+    ];
+    for (name, key, value) in expected {
+        let path = dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|e| incompatible(format!("{name} cannot be opened: {e}")))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            return Err(incompatible(format!(
+                "{name} has {}-byte keys and {}-byte values, this build expects {key} and {value}",
+                info.key_size(),
+                info.value_size()
+            )));
+        }
+    }
+    let data = aya::maps::MapData::from_pin(dir.join(names::SETTINGS))
+        .map_err(map_err(names::SETTINGS))?;
+    let settings: Array<_, Settings> =
+        Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(names::SETTINGS))?;
+    let version = settings
+        .get(&0, 0)
+        .map_err(map_err(names::SETTINGS))?
+        .schema_version;
+    if version != SCHEMA_VERSION {
+        return Err(incompatible(format!(
+            "schema version {version}, this build uses {SCHEMA_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+/// Mounts the bpf filesystem at /sys/fs/bpf when a pin directory below it is asked for and
+/// nothing is mounted there yet (systemd usually mounts it; minimal hosts may not).
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Ok(());
+    }
+    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: statfs writes into the struct we own; the path is NUL-terminated.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0 && fs.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+    if unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(DataplaneError::Pin {
+            path: root.to_path_buf(),
+            detail: format!(
+                "no bpf filesystem there, and mounting one failed: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    info!("mounted the bpf filesystem at /sys/fs/bpf");
+    Ok(())
+}
+
+fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|_| DataplaneError::UnknownInterface(iface.into()))?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(DataplaneError::UnknownInterface(iface.into())),
+        index => Ok(index),
+    }
 }
 
 /// A verifier rejection with the end of its log, where the reason is; the whole log (often

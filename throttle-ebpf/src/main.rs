@@ -16,15 +16,16 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
     Global,
 };
 use parse::{Family, Headers, Parsed, Transport};
 use throttle_common::{
-    admit, rule_index, rule_protocol, rule_slot_index, AclEntry, Action, Counters, Rule, Settings,
-    SourceKey, Unit, WindowState, ACL_ALLOW, ACL_DENY, ANY_PORT, DEFAULT_MAX_SOURCES, MAX_CIDRS,
-    MAX_RULES, RULE_INDEX_ENTRIES, RULE_SLOTS,
+    admit, refuse, rule_index, rule_protocol, rule_slot_index, AclEntry, Action, Counters,
+    EventBudget, OverQuotaEvent, Rule, Settings, SourceKey, Unit, WindowState, ACL_ALLOW,
+    ACL_DENY, ANY_PORT, DEFAULT_MAX_SOURCES, EVENTS_PER_SECOND_PER_CPU, MAX_CIDRS, MAX_RULES,
+    RULE_INDEX_ENTRIES, RULE_SLOTS,
 };
 
 /// Set to 1 at load time by tests: time then comes from `Settings::clock_override_ns`.
@@ -51,6 +52,12 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES
 static ACL_V4: LpmTrie<[u8; 4], AclEntry> = LpmTrie::with_max_entries(2 * MAX_CIDRS, 0);
 #[map]
 static ACL_V6: LpmTrie<[u8; 16], AclEntry> = LpmTrie::with_max_entries(2 * MAX_CIDRS, 0);
+
+/// Over-quota events for the controller (logged, counted).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn throttle(ctx: XdpContext) -> u32 {
@@ -134,9 +141,14 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
             }
         }
     };
-    // SAFETY: `state` points at a live map value; all CPUs touch it only through `admit`.
+    // SAFETY: `state` points at a live map value; all CPUs touch it only through
+    // `admit` and `refuse`.
     if unsafe { admit(state, now, rule.window, rule.limit, cost) } {
         return pass(id, len, |_| {});
+    }
+    // SAFETY: as above.
+    if unsafe { refuse(state, cost) } {
+        report(&source, rule.action, now, state);
     }
     match rule.action() {
         Some(Action::Mark) => {
@@ -146,6 +158,36 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
         Some(Action::DryRun) => pass(id, len, |c| c.dry_run += 1),
         _ => drop(id, len, |_| {}),
     }
+}
+
+/// Sends an over-quota event, within this CPU's budget per second.
+#[inline(always)]
+fn report(source: &SourceKey, action: u8, now: u64, state: *mut WindowState) {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, and XDP does not preempt itself on one CPU.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.second_start_ns) >= 1_000_000_000 {
+        budget.second_start_ns = now;
+        budget.sent = 0;
+    }
+    if budget.sent >= EVENTS_PER_SECOND_PER_CPU {
+        return;
+    }
+    budget.sent += 1;
+    // SAFETY: reads of the state's plain fields; a torn value only blurs a log line.
+    let (window_start_ns, refused) = unsafe { ((*state).start_ns, (*state).refused) };
+    let event = OverQuotaEvent {
+        addr: source.addr,
+        rule_id: source.rule_id,
+        action,
+        _pad: [0; 3],
+        window_start_ns,
+        refused,
+    };
+    // A full ring buffer drops the event: the counters still have the drop.
+    let _ = EVENTS.output::<OverQuotaEvent>(&event, 0);
 }
 
 #[inline(always)]

@@ -24,6 +24,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "netsniff-ng",
     "nftables",
     "iptables",
+    // promtool, which checks the metrics exposition in the host tier.
+    "prometheus",
 ];
 /// Debian's rustc (from rustc-web): the rustup toolchain has no core for the bpf targets.
 pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";

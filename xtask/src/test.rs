@@ -39,7 +39,7 @@ impl Tier {
         match self {
             Tier::Host => "host (unit + property tests)",
             Tier::Kernel => "kernel (XDP program in the running kernel)",
-            Tier::E2e => "end-to-end (traffic through network namespaces)",
+            Tier::E2e => "end-to-end (the daemon and traffic through network namespaces)",
         }
     }
 
@@ -53,7 +53,7 @@ impl Tier {
                 &["--test-threads=1"],
             ),
             Tier::E2e => (
-                &["-p", "throttle-tests", "--test", "e2e"],
+                &["-p", "throttle-tests", "--test", "e2e", "--test", "daemon"],
                 &["--test-threads=1", "--nocapture"],
             ),
         }
@@ -132,6 +132,11 @@ pub fn test(args: Args) -> Result<()> {
             if tier != Tier::Host {
                 // Root-only tests then fail instead of skipping.
                 cargo.env("THROTTLE_TEST_ROOT_REQUIRED", "1");
+            }
+            if root {
+                // setup has installed the test tools (promtool): tests that use them then fail
+                // instead of skipping.
+                cargo.env("THROTTLE_TEST_TOOLS_REQUIRED", "1");
             }
             run_tier(&mut cargo)
         };

@@ -117,8 +117,9 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let mut dp = Dataplane::load(LoadOptions {
         max_sources: NEW_SOURCES * 2,
         test_clock: false,
+        pin_dir: None,
     })?;
-    dp.apply(&config)?;
+    dp.apply(&config, &[])?;
     let throttle = dp.program()?;
 
     let hit_admit = udp([198, 18, 0, 2], 9000);
@@ -130,15 +131,17 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let mut dp_no_acl = Dataplane::load(LoadOptions {
         max_sources: 1024,
         test_clock: false,
+        pin_dir: None,
     })?;
-    dp_no_acl.apply(&no_acl_config)?;
+    dp_no_acl.apply(&no_acl_config, &[])?;
     let throttle_no_acl = dp_no_acl.program()?;
     let mut dp_fixed_clock = Dataplane::load(LoadOptions {
         max_sources: 1024,
         test_clock: true,
+        pin_dir: None,
     })?;
     dp_fixed_clock.set_clock(1_000_000_000)?;
-    dp_fixed_clock.apply(&config)?;
+    dp_fixed_clock.apply(&config, &[])?;
     let throttle_fixed_clock = dp_fixed_clock.program()?;
 
     // Warm up: track the source of the hit paths, and exhaust the over-quota rule.
@@ -169,7 +172,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
         samples[5].push(ns_per_distinct_run(drop, &frames)?);
         samples[6].push(ns_per_distinct_run(throttle, &frames)?);
     }
-    let totals = dp.totals(config.rules.len() as u32)?;
+    let totals = dp.totals()?;
     if totals.new_sources < NEW_SOURCES as u64 - ROUNDS as u64 {
         bail!(
             "only {} new sources were tracked; the new-source path was not measured",

@@ -13,8 +13,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use throttle_tests::{
+    daemon::Daemon,
     netns::Lab,
-    traffic::{receiver, sender, start_daemon, Pace},
+    traffic::{receiver, sender, Pace},
 };
 
 const PORT: u16 = 9000;
@@ -49,7 +50,9 @@ fn main() -> Result<()> {
     {
         println!("      | {line}");
     }
-    let (daemon, log_path) = start_daemon(&mut lab, &config)?;
+    // Not pinned: the demo leaves nothing enforcing behind.
+    let daemon = Daemon::start(&mut lab, "demo", &config, &["--no-pin"])?;
+    let log_path = daemon.log.clone();
     println!("      enforcing (log: {})", log_path.display());
 
     println!("[3/4] traffic to UDP {PORT} for {SECONDS}s:");
@@ -123,36 +126,20 @@ fn main() -> Result<()> {
     }
     println!("      (the flood gets 500/s x {SECONDS}s = {}; the client everything; the blocked source nothing)", 500 * SECONDS);
 
-    // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
-    unsafe { libc::kill(daemon as i32, libc::SIGTERM) };
-    let code = lab.wait(daemon)?;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    println!("      XDP counters at exit (throttle-ctl's log):");
-    for line in log.lines().filter(|l| l.contains("\"counters\"")) {
-        let field = |name: &str| -> String {
-            let key = format!("\"{name}\":");
-            line.split(&key)
-                .nth(1)
-                .map(|rest| {
-                    rest.split([',', '}'])
-                        .next()
-                        .unwrap_or("")
-                        .trim_matches('"')
-                        .to_string()
-                })
-                .unwrap_or_default()
-        };
-        println!(
-            "      rule {:<10} passed {:>6}  dropped {:>7}  denylisted {:>5}  new sources {}",
-            field("rule"),
-            field("passed"),
-            field("dropped"),
-            field("denylisted"),
-            field("new_sources")
-        );
+    println!("      XDP counters, from `throttle-ctl stats`:");
+    let out = daemon.ctl(&["stats"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("      | {line}");
     }
-    if code != Some(0) {
-        bail!("throttle-ctl exited with {code:?}; log:\n{log}");
+    // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
+    unsafe { libc::kill(daemon.pid as i32, libc::SIGTERM) };
+    let code = lab.wait(daemon.pid)?;
+    if code != Some(0) || !out.status.success() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!(
+            "throttle-ctl exited with {code:?} (stats: {:?}); log:\n{log}",
+            out.status
+        );
     }
     println!("done: lab removed, XDP detached.");
     Ok(())
