@@ -204,6 +204,24 @@ fn reload_under_traffic_changes_limits_and_rejects_bad_configs() {
     );
     assert_eq!((stats.reloads_succeeded, stats.reloads_failed), (1, 1));
     assert_eq!(stats.generation, 2);
+
+    // SIGHUP reloads the same way.
+    std::fs::write(&daemon.config, config(200)).unwrap();
+    // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
+    unsafe { libc::kill(daemon.pid as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.json::<Status>(&["status"]).unwrap().generation != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no reload on SIGHUP:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        daemon.json::<Vec<RuleView>>(&["rules"]).unwrap()[0].limit,
+        200
+    );
 }
 
 #[test]
@@ -338,6 +356,32 @@ fn every_verb_works_against_the_running_daemon() {
     stop.store(true, Ordering::Relaxed);
     receiving.join().unwrap();
 
+    // Metrics from the real maps pass promtool's lint.
+    let metrics = raw_request(&daemon, "GET", "/metrics", "");
+    let body = metrics
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        body.contains("throttle_packets_total{rule=\"api\",verdict=\"dropped\"}"),
+        "{body}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(body.as_bytes());
+    if let Some(out) = promtool.take() {
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = daemon.ctl(&["completions", "bash"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("throttle-ctl"));
+
     // The socket is 0600; raw API: invalid inputs are 4xx problem+json.
     let mode = std::fs::metadata(&daemon.socket)
         .unwrap()
@@ -457,6 +501,31 @@ fn the_tcp_admin_api_requires_its_token() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Runs a command with `input` on its stdin; None when the program is not installed (then the
+/// caller skips, unless THROTTLE_TEST_TOOLS_REQUIRED says it must be there).
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Option<std::process::Output>;
+}
+
+impl OutputWithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Option<std::process::Output> {
+        let mut child = match self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(_) if std::env::var_os("THROTTLE_TEST_TOOLS_REQUIRED").is_none() => {
+                eprintln!("SKIPPED: promtool not installed");
+                return None;
+            }
+            Err(e) => panic!("promtool: {e}"),
+        };
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Some(child.wait_with_output().unwrap())
+    }
 }
 
 fn raw_request(daemon: &Daemon, method: &str, path: &str, body: &str) -> String {

@@ -744,6 +744,52 @@ fn reload_replaces_the_access_list() {
 }
 
 #[test]
+fn pinned_maps_are_adopted_and_an_incompatible_layout_is_refused() {
+    root_or_skip!("pinned_maps_are_adopted_and_an_incompatible_layout_is_refused");
+    let pins = throttle_tests::daemon::PinDir::new("schema");
+    let options = || LoadOptions {
+        max_sources: 1024,
+        test_clock: true,
+        pin_dir: Some(pins.path().to_path_buf()),
+    };
+    let config = Config::from_yaml(UDP53).unwrap();
+    {
+        let mut dp = Dataplane::load(options()).unwrap();
+        assert!(!dp.adopted());
+        dp.set_clock(T0).unwrap();
+        dp.apply(&config, &[]).unwrap();
+        dp.program().unwrap();
+    }
+    // A second load takes the state over: same generation, same counters, same windows.
+    let mut dp = Dataplane::load(options()).unwrap();
+    assert!(dp.adopted());
+    assert_eq!(dp.settings().unwrap().generation, 1);
+    assert_eq!(
+        dp.apply(&config, &[]).unwrap().ids,
+        vec![1],
+        "the rule keeps its id"
+    );
+    drop(dp);
+
+    // Maps written by another schema version are refused, with the way out in the message.
+    let mut settings: aya::maps::Array<_, throttle_common::Settings> = aya::maps::Array::try_from(
+        aya::maps::Map::Array(aya::maps::MapData::from_pin(pins.path().join("SETTINGS")).unwrap()),
+    )
+    .unwrap();
+    let mut s = settings.get(&0, 0).unwrap();
+    s.schema_version = 99;
+    settings.set(0, s, 0).unwrap();
+    let err = Dataplane::load(options())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("schema version 99") && err.contains("throttle-ctl detach"),
+        "{err}"
+    );
+}
+
+#[test]
 fn one_source_on_two_cpus_gets_the_limit_once() {
     root_or_skip!("one_source_on_two_cpus_gets_the_limit_once");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
