@@ -669,7 +669,7 @@ fn malformed_headers_pass() {
         seed ^= seed << 17;
         let len = 14 + (seed % 200) as usize;
         let mut frame: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
-        if seed % 3 == 0 {
+        if seed.is_multiple_of(3) {
             frame[12..14].copy_from_slice(&[0x08, 0x00]);
         } else if seed % 3 == 1 {
             frame[12..14].copy_from_slice(&[0x86, 0xdd]);

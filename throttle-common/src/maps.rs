@@ -244,6 +244,7 @@ pub struct EventBudget {
 /// Index 0 counts what no rule matched; global figures are the sum over all indices.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counters {
     pub passed: u64,
     pub dropped: u64,

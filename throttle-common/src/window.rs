@@ -97,10 +97,9 @@ pub struct Window {
 impl Window {
     /// `ns` is at most [`MAX_WINDOW_NS`]; 0 gives a window that never weighs the past.
     pub const fn new(ns: u64) -> Self {
-        let inv = if ns == 0 {
-            0
-        } else {
-            ((1u64 << 63) + ns - 1) / ns
+        let inv = match ns {
+            0 => 0,
+            _ => (1u64 << 63).div_ceil(ns),
         };
         Window { ns, inv }
     }

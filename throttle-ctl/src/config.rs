@@ -376,20 +376,27 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
     }
     let mut deny = Vec::new();
     for (i, d) in raw.deny.iter().enumerate() {
-        let cidr = d
-            .cidr
-            .parse::<Cidr>()
-            .map_err(|e| problem(format!("deny[{i}].cidr"), e));
-        let ttl = match d.ttl.as_deref().map(duration::parse) {
-            None => Ok(None),
-            Some(Ok(t)) if t.is_zero() || t > MAX_TTL => Err(problem(
-                format!("deny[{i}].ttl"),
-                "must be more than 0 and at most 3650d; leave `ttl` out for no expiry".into(),
-            )),
-            Some(Ok(t)) => Ok(Some(t)),
-            Some(Err(e)) => Err(problem(format!("deny[{i}].ttl"), e)),
+        let cidr = match d.cidr.parse::<Cidr>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problem(format!("deny[{i}].cidr"), e);
+                None
+            }
         };
-        if let (Ok(cidr), Ok(ttl)) = (cidr, ttl) {
+        let ttl = match d.ttl.as_deref().map(duration::parse) {
+            None => Some(None),
+            Some(Ok(t)) if !t.is_zero() && t <= MAX_TTL => Some(Some(t)),
+            Some(Ok(_)) => {
+                let why = "must be more than 0 and at most 3650d; leave `ttl` out for no expiry";
+                problem(format!("deny[{i}].ttl"), why.into());
+                None
+            }
+            Some(Err(e)) => {
+                problem(format!("deny[{i}].ttl"), e);
+                None
+            }
+        };
+        if let (Some(cidr), Some(ttl)) = (cidr, ttl) {
             deny.push(DenyConfig { cidr, ttl });
         }
     }

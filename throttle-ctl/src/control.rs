@@ -52,22 +52,9 @@ pub struct MapOccupancy {
     pub max_entries: u64,
 }
 
-/// Counters of one rule, or of everything (`Stats::global`), summed over CPUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterView {
-    pub passed: u64,
-    pub dropped: u64,
-    pub marked: u64,
-    pub dry_run: u64,
-    pub bytes_passed: u64,
-    pub bytes_dropped: u64,
-    pub malformed: u64,
-    pub non_ip: u64,
-    pub allowlisted: u64,
-    pub denylisted: u64,
-    pub evasive: u64,
-    pub new_sources: u64,
-}
+/// Counters of one rule, or of everything (`Stats::global`), summed over CPUs: the map's own
+/// layout, serialized field by field.
+pub use throttle_common::Counters as CounterView;
 
 /// `GET /v1/rules`: one entry per rule of the applied set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,8 @@ use std::{
 use anyhow::Context;
 use aya::programs::XdpMode;
 use throttle_common::{
-    window::estimate, Counters, OverQuotaEvent, ACL_ALLOW, ACL_DENY, MAX_CIDRS, ORIGIN_API,
+    names, window::estimate, Counters, OverQuotaEvent, ACL_ALLOW, ACL_DENY, MAX_CIDRS, MAX_RULES,
+    ORIGIN_API,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -29,8 +30,8 @@ use crate::{
     admin,
     config::{Cidr, Config, ConfigError},
     control::{
-        AclEntryView, AclList, AclOrigin, AclRequest, Control, ControlError, CounterView,
-        MapOccupancy, ReloadOutcome, RuleView, Stats, Status, TopEntry, TopOrder,
+        AclEntryView, AclList, AclOrigin, AclRequest, Control, ControlError, MapOccupancy,
+        ReloadOutcome, RuleView, Stats, Status, TopEntry, TopOrder,
     },
     dataplane::{AttachMode, Dataplane, LoadOptions, RuntimeAcl},
     metrics::Metrics,
@@ -381,29 +382,9 @@ impl Daemon {
                 }
                 .into(),
                 dscp: r.dscp,
-                counters: counters
-                    .get(*id as usize)
-                    .map(counter_view)
-                    .unwrap_or_default(),
+                counters: counters.get(*id as usize).copied().unwrap_or_default(),
             })
             .collect()
-    }
-}
-
-fn counter_view(c: &Counters) -> CounterView {
-    CounterView {
-        passed: c.passed,
-        dropped: c.dropped,
-        marked: c.marked,
-        dry_run: c.dry_run,
-        bytes_passed: c.bytes_passed,
-        bytes_dropped: c.bytes_dropped,
-        malformed: c.malformed,
-        non_ip: c.non_ip,
-        allowlisted: c.allowlisted,
-        denylisted: c.denylisted,
-        evasive: c.evasive,
-        new_sources: c.new_sources,
     }
 }
 
@@ -438,33 +419,33 @@ impl Control for Daemon {
                 Some((at, maps)) if at.elapsed() < Duration::from_secs(5) => maps.clone(),
                 _ => {
                     let rules = self.state.lock().map_err(internal)?.config.rules.len() as u64;
-                    let maps = self.with_dataplane(|dp| {
-                        Ok(vec![
-                            MapOccupancy {
-                                name: "sources".into(),
-                                entries: dp.count_entries(throttle_common::names::SOURCES)?,
-                                max_entries: dp
-                                    .map_info(throttle_common::names::SOURCES)?
-                                    .max_entries()
-                                    as u64,
-                            },
-                            MapOccupancy {
-                                name: "rules".into(),
-                                entries: rules,
-                                max_entries: throttle_common::MAX_RULES as u64 - 1,
-                            },
-                            MapOccupancy {
-                                name: "acl_v4".into(),
-                                entries: dp.count_entries(throttle_common::names::ACL_V4)?,
-                                max_entries: MAX_CIDRS as u64,
-                            },
-                            MapOccupancy {
-                                name: "acl_v6".into(),
-                                entries: dp.count_entries(throttle_common::names::ACL_V6)?,
-                                max_entries: MAX_CIDRS as u64,
-                            },
-                        ])
-                    })?;
+                    let maps =
+                        self.with_dataplane(|dp| {
+                            let walked = |name: &'static str,
+                                          label: &str,
+                                          max: u64|
+                             -> Result<
+                                MapOccupancy,
+                                crate::dataplane::DataplaneError,
+                            > {
+                                Ok(MapOccupancy {
+                                    name: label.into(),
+                                    entries: dp.count_entries(name)?,
+                                    max_entries: max,
+                                })
+                            };
+                            let sources = dp.map_info(names::SOURCES)?.max_entries() as u64;
+                            Ok(vec![
+                                walked(names::SOURCES, "sources", sources)?,
+                                MapOccupancy {
+                                    name: "rules".into(),
+                                    entries: rules,
+                                    max_entries: MAX_RULES as u64 - 1,
+                                },
+                                walked(names::ACL_V4, "acl_v4", MAX_CIDRS as u64)?,
+                                walked(names::ACL_V6, "acl_v6", MAX_CIDRS as u64)?,
+                            ])
+                        })?;
                     *cache = Some((Instant::now(), maps.clone()));
                     maps
                 }
@@ -489,7 +470,7 @@ impl Control for Daemon {
     }
 
     fn rules(&self) -> Result<Vec<RuleView>, ControlError> {
-        let counters = self.with_dataplane(|dp| dp.counters(throttle_common::MAX_RULES - 1))?;
+        let counters = self.with_dataplane(|dp| dp.counters(MAX_RULES - 1))?;
         let state = self.state.lock().map_err(internal)?;
         Ok(self.rule_views(&state, &counters))
     }
@@ -521,7 +502,7 @@ impl Control for Daemon {
             })
             .collect();
         match order {
-            TopOrder::Drops => entries.sort_by(|a, b| b.refused.cmp(&a.refused)),
+            TopOrder::Drops => entries.sort_by_key(|e| std::cmp::Reverse(e.refused)),
             TopOrder::Rate => {
                 entries.sort_by(|a, b| b.admitted_per_second.total_cmp(&a.admitted_per_second))
             }
@@ -531,18 +512,14 @@ impl Control for Daemon {
     }
 
     fn stats(&self) -> Result<Stats, ControlError> {
-        let (counters, generation) = self.with_dataplane(|dp| {
-            Ok((
-                dp.counters(throttle_common::MAX_RULES - 1)?,
-                dp.settings()?.generation,
-            ))
-        })?;
+        let (counters, generation) =
+            self.with_dataplane(|dp| Ok((dp.counters(MAX_RULES - 1)?, dp.settings()?.generation)))?;
         let mut global = Counters::default();
         counters.iter().for_each(|c| global.add(c));
         let state = self.state.lock().map_err(internal)?;
         Ok(Stats {
             generation,
-            global: counter_view(&global),
+            global,
             rules: self.rule_views(&state, &counters),
             reloads_succeeded: self.reloads_succeeded.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),

@@ -590,29 +590,22 @@ impl Dataplane {
 
     /// The access-list entries in the tries.
     pub fn acl_entries(&self) -> Result<Vec<(Cidr, AclEntry)>, DataplaneError> {
+        let mut out = self.trie_entries::<[u8; 4]>(names::ACL_V4)?;
+        out.extend(self.trie_entries::<[u8; 16]>(names::ACL_V6)?);
+        Ok(out)
+    }
+
+    fn trie_entries<K: aya::Pod + Into<IpAddr>>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(Cidr, AclEntry)>, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        let trie: LpmTrie<_, K, AclEntry> = LpmTrie::try_from(map).map_err(map_err(name))?;
         let mut out = Vec::new();
-        let map = self
-            .ebpf
-            .map(names::ACL_V4)
-            .ok_or(DataplaneError::Missing(names::ACL_V4))?;
-        let v4: LpmTrie<_, [u8; 4], AclEntry> =
-            LpmTrie::try_from(map).map_err(map_err(names::ACL_V4))?;
-        for item in v4.iter() {
-            let (k, v) = item.map_err(map_err(names::ACL_V4))?;
-            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
-                out.push((Cidr(net), v));
-            }
-        }
-        let map = self
-            .ebpf
-            .map(names::ACL_V6)
-            .ok_or(DataplaneError::Missing(names::ACL_V6))?;
-        let v6: LpmTrie<_, [u8; 16], AclEntry> =
-            LpmTrie::try_from(map).map_err(map_err(names::ACL_V6))?;
-        for item in v6.iter() {
-            let (k, v) = item.map_err(map_err(names::ACL_V6))?;
-            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
-                out.push((Cidr(net), v));
+        for item in trie.iter() {
+            let (key, entry) = item.map_err(map_err(name))?;
+            if let Ok(net) = IpNet::new(key.data().into(), key.prefix_len() as u8) {
+                out.push((Cidr(net), entry));
             }
         }
         Ok(out)
