@@ -425,10 +425,22 @@ fn every_verb_works_against_the_running_daemon() {
         "nothing changed"
     );
 
+    // detach through the daemon: it detaches the program and exits.
+    assert!(link_has_xdp(&lab));
+    let out = daemon.ctl(&["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lab.wait(daemon.pid).unwrap(),
+        Some(0),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(!link_has_xdp(&lab));
     // The daemon is not running: a clear message and exit 3.
-    // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
-    unsafe { libc::kill(daemon.pid as i32, libc::SIGTERM) };
-    assert_eq!(lab.wait(daemon.pid).unwrap(), Some(0));
     let out = daemon.ctl(&["status"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));

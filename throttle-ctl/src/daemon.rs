@@ -419,9 +419,8 @@ impl Control for Daemon {
                 Some((at, maps)) if at.elapsed() < Duration::from_secs(5) => maps.clone(),
                 _ => {
                     let rules = self.state.lock().map_err(internal)?.config.rules.len() as u64;
-                    let maps =
-                        self.with_dataplane(|dp| {
-                            let walked = |name: &'static str,
+                    let maps = self.with_dataplane(|dp| {
+                        let walked = |name: &'static str,
                                           label: &str,
                                           max: u64|
                              -> Result<
@@ -434,18 +433,18 @@ impl Control for Daemon {
                                     max_entries: max,
                                 })
                             };
-                            let sources = dp.map_info(names::SOURCES)?.max_entries() as u64;
-                            Ok(vec![
-                                walked(names::SOURCES, "sources", sources)?,
-                                MapOccupancy {
-                                    name: "rules".into(),
-                                    entries: rules,
-                                    max_entries: MAX_RULES as u64 - 1,
-                                },
-                                walked(names::ACL_V4, "acl_v4", MAX_CIDRS as u64)?,
-                                walked(names::ACL_V6, "acl_v6", MAX_CIDRS as u64)?,
-                            ])
-                        })?;
+                        let sources = dp.map_info(names::SOURCES)?.max_entries() as u64;
+                        Ok(vec![
+                            walked(names::SOURCES, "sources", sources)?,
+                            MapOccupancy {
+                                name: "rules".into(),
+                                entries: rules,
+                                max_entries: MAX_RULES as u64 - 1,
+                            },
+                            walked(names::ACL_V4, "acl_v4", MAX_CIDRS as u64)?,
+                            walked(names::ACL_V6, "acl_v6", MAX_CIDRS as u64)?,
+                        ])
+                    })?;
                     *cache = Some((Instant::now(), maps.clone()));
                     maps
                 }
