@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod dataplane;
 pub mod duration;
 pub mod metrics;
+pub mod model;
 pub mod yaml_lines;

@@ -49,7 +49,14 @@ impl Tier {
             Tier::Host => (&["--workspace", "--exclude", "throttle-tests"], &[]),
             // Tests in these tiers share interfaces and the BPF filesystem: one at a time.
             Tier::Kernel => (
-                &["-p", "throttle-tests", "--test", "kernel"],
+                &[
+                    "-p",
+                    "throttle-tests",
+                    "--test",
+                    "kernel",
+                    "--test",
+                    "differential",
+                ],
                 &["--test-threads=1"],
             ),
             Tier::E2e => (
