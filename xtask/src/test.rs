@@ -60,7 +60,16 @@ impl Tier {
                 &["--test-threads=1"],
             ),
             Tier::E2e => (
-                &["-p", "throttle-tests", "--test", "e2e", "--test", "daemon"],
+                &[
+                    "-p",
+                    "throttle-tests",
+                    "--test",
+                    "e2e",
+                    "--test",
+                    "daemon",
+                    "--test",
+                    "churn",
+                ],
                 &["--test-threads=1", "--nocapture"],
             ),
         }
