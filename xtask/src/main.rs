@@ -49,6 +49,12 @@ enum Task {
     Test(test::Args),
     /// Build a namespace lab, run throttle-ctl in it, flood it and print the counters (root).
     Demo,
+    /// Run each cargo-fuzz target (config parser, reference packet parser) for a while.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run a benchmark suite; writes docs/bench/latest.json and docs/benchmarks.md (root).
     Bench {
         #[arg(value_enum, default_value_t = lab::Suite::Xdp)]
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build::build(release),
         Task::Test(args) => test::test(args),
         Task::Demo => lab::demo(),
+        Task::Fuzz { seconds } => setup::setup(false).and_then(|()| test::fuzz(seconds)),
         Task::Bench { suite } => lab::bench(suite),
     };
     // The context chain on one line; anyhow's Debug adds a backtrace under RUST_BACKTRACE.

@@ -32,6 +32,9 @@ pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz drives the fuzz tier (its libFuzzer runs on the stable toolchain with
+/// RUSTC_BOOTSTRAP=1).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn setup(dry_run: bool) -> Result<()> {
     let root = is_root();
@@ -108,7 +111,27 @@ pub fn setup(dry_run: bool) -> Result<()> {
     if !linker_ok {
         install_bpf_linker()?;
     }
-    check_bpf_core()
+    check_bpf_core()?;
+    ensure_cargo_fuzz()
+}
+
+/// Installs cargo-fuzz unless this version is there.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let version = Command::new(cmd::cargo().get_program())
+        .args(["fuzz", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if version.ends_with(CARGO_FUZZ_VERSION) {
+        println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} already provisioned");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (for the fuzz tier)");
+    let mut install = cmd::cargo();
+    install.args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked", "--force"]);
+    cmd::run(install.stdin(Stdio::null()))
 }
 
 /// Packages of `wanted` that `dpkg-query -W -f='${Package}\t${Status}\n'` output does not show

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 
 use crate::{build, cmd, is_root, setup, workspace_root};
@@ -26,10 +26,15 @@ pub enum Tier {
     Host,
     Kernel,
     E2e,
+    Fuzz,
 }
 
 impl Tier {
-    const ALL: [Tier; 3] = [Tier::Host, Tier::Kernel, Tier::E2e];
+    const ALL: [Tier; 4] = [Tier::Host, Tier::Kernel, Tier::E2e, Tier::Fuzz];
+
+    fn needs_root(self) -> bool {
+        matches!(self, Tier::Kernel | Tier::E2e)
+    }
 
     fn number(self) -> usize {
         self as usize + 1
@@ -40,13 +45,14 @@ impl Tier {
             Tier::Host => "host (unit + property tests)",
             Tier::Kernel => "kernel (XDP program in the running kernel)",
             Tier::E2e => "end-to-end (the daemon and traffic through network namespaces)",
+            Tier::Fuzz => "fuzz (a short cargo-fuzz run of each target)",
         }
     }
 
     /// `cargo test` arguments, and the test binary's arguments (after `--`).
     fn cargo_args(self) -> (&'static [&'static str], &'static [&'static str]) {
         match self {
-            Tier::Host => (&["--workspace", "--exclude", "throttle-tests"], &[]),
+            Tier::Host | Tier::Fuzz => (&["--workspace", "--exclude", "throttle-tests"], &[]),
             // Tests in these tiers share interfaces and the BPF filesystem: one at a time.
             Tier::Kernel => (
                 &[
@@ -101,6 +107,29 @@ pub fn selected(asked: &[Tier]) -> Vec<Tier> {
     tiers
 }
 
+/// Seconds each fuzz target runs within `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 20;
+/// The cargo-fuzz targets (tests/fuzz/fuzz_targets) and the seed directory of each.
+const FUZZ_TARGETS: [(&str, &str); 2] = [("config", "configs"), ("packet", "tests/fuzz/seeds/packet")];
+
+/// Runs every fuzz target for `seconds`; a crash fails with the artifact's path in the output.
+pub fn fuzz(seconds: u64) -> Result<()> {
+    for (target, seeds) in FUZZ_TARGETS {
+        let corpus = format!("tests/fuzz/corpus/{target}");
+        std::fs::create_dir_all(workspace_root().join(&corpus))?;
+        let mut cargo = cmd::cargo();
+        cargo
+            .current_dir(workspace_root())
+            // libFuzzer's instrumentation flags are unstable; the stable compiler takes them so.
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--fuzz-dir", "tests/fuzz", target, &corpus, seeds, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=2048");
+        cmd::run(&mut cargo).with_context(|| format!("fuzz target {target}"))?;
+    }
+    Ok(())
+}
+
 /// Splits pass-through args like cargo does: `cargo test` args, then after `--` the test
 /// binary's args.
 pub fn split_extra(extra: &[String]) -> (&[String], &[String]) {
@@ -134,7 +163,13 @@ pub fn test(args: Args) -> Result<()> {
     let mut results = Vec::new();
     for tier in selected(&args.tiers) {
         println!("\n== tier {}: {} ==", tier.number(), tier.title());
-        let outcome = if tier != Tier::Host && !root {
+        let outcome = if tier == Tier::Fuzz {
+            let start = Instant::now();
+            match fuzz(FUZZ_SECONDS_IN_TEST) {
+                Ok(()) => Outcome::Passed(start.elapsed()),
+                Err(e) => Outcome::Failed(start.elapsed(), format!("{e:#}")),
+            }
+        } else if tier.needs_root() && !root {
             println!(
                 "SKIPPED tier {}: needs root (run as root or under sudo)",
                 tier.number()
@@ -197,6 +232,7 @@ mod tests {
     #[test]
     fn tiers_run_in_order_once() {
         assert_eq!(selected(&[]), Tier::ALL);
+        assert!(Tier::Kernel.needs_root() && !Tier::Fuzz.needs_root());
         assert_eq!(
             selected(&[Tier::E2e, Tier::Host, Tier::E2e]),
             [Tier::Host, Tier::E2e]
