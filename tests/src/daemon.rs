@@ -81,14 +81,17 @@ impl Daemon {
             socket,
             log,
         };
+        // Ready when this start logged "enforcing" and its API answers (a socket left by a
+        // killed daemon exists, but nobody answers on it).
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let text = daemon.log_text();
-            if text.contains("\"enforcing\"") && daemon.socket.exists() {
+            if daemon.log_text().contains("\"enforcing\"")
+                && daemon.ctl(&["status"]).status.success()
+            {
                 return Ok(daemon);
             }
             if Instant::now() > deadline {
-                bail!("throttle-ctl did not start:\n{text}");
+                bail!("throttle-ctl did not start:\n{}", daemon.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -71,6 +71,10 @@ fn enforcement_survives_kill_9_and_a_restart_adopts_the_pins() {
     // 100 per 100 ms is 1000/s; the flood is 50000/s.
     let running = through_during(&received, FLOOD, Duration::from_millis(800));
     let before: Stats = first.json(&["stats"]).unwrap();
+    assert!(first
+        .ctl(&["block", "198.18.0.99", "--ttl", "1h"])
+        .status
+        .success());
 
     // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
     unsafe { libc::kill(first.pid as i32, libc::SIGKILL) };
@@ -98,6 +102,16 @@ fn enforcement_survives_kill_9_and_a_restart_adopts_the_pins() {
         );
     }
     assert!(status.adopted, "the second daemon adopted the pins");
+    let acl: Vec<AclEntryView> = second.json(&["acl"]).unwrap();
+    let kept = acl
+        .iter()
+        .find(|e| e.cidr == "198.18.0.99/32")
+        .expect("the API's entry survived the restart");
+    assert_eq!(kept.origin, AclOrigin::Api);
+    assert!(
+        kept.expires_in_seconds.is_some_and(|s| s > 3500),
+        "with its TTL: {kept:?}"
+    );
     assert!(
         second.log_text().contains("took over the pinned link"),
         "{}",
@@ -456,6 +470,7 @@ fn the_tcp_admin_api_requires_its_token() {
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let daemon = Daemon::start(
         &mut lab,
         "tcp",

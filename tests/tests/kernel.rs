@@ -717,6 +717,35 @@ fn reload_switches_rule_sets_in_one_step() {
 }
 
 #[test]
+fn rule_ids_follow_rules_and_are_not_reused_soon() {
+    root_or_skip!("rule_ids_follow_rules_and_are_not_reused_soon");
+    let rule = |name: &str, port: u16| {
+        format!("  - {{name: {name}, protocol: udp, port: {port}, limit: 5, window: 1s}}\n")
+    };
+    let mut f = Fixture::new(&format!("rules:\n{}{}", rule("a", 1), rule("b", 2)));
+    let ids = |f: &mut Fixture, yaml: String| {
+        f.dp.apply(&Config::from_yaml(&yaml).unwrap(), &[])
+            .unwrap()
+            .ids
+    };
+    // Same identity (name, unit, window), other position and port: same id.
+    assert_eq!(
+        ids(&mut f, format!("rules:\n{}{}", rule("b", 3), rule("a", 1))),
+        vec![2, 1]
+    );
+    // `b` removed, then `c` added: `c` must not get b's id (its windows are still keyed by it).
+    assert_eq!(ids(&mut f, format!("rules:\n{}", rule("a", 1))), vec![1]);
+    assert_eq!(
+        ids(&mut f, format!("rules:\n{}{}", rule("a", 1), rule("c", 2))),
+        vec![1, 3]
+    );
+    // A changed window is a new rule with a new id.
+    let changed =
+        "rules:\n  - {name: a, protocol: udp, port: 1, limit: 5, window: 2s}\n".to_string();
+    assert_eq!(ids(&mut f, changed), vec![4]);
+}
+
+#[test]
 fn reload_replaces_the_access_list() {
     root_or_skip!("reload_replaces_the_access_list");
     let mut f = Fixture::new(

@@ -121,15 +121,22 @@ pub fn main(args: RunArgs) -> ExitCode {
 }
 
 async fn run(args: RunArgs, config: Config, iface: String) -> anyhow::Result<()> {
+    // Signals first: a SIGHUP during the (slow) load must not kill the process.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let token = match &args.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
+        Some(path) => Some(read_token(path)?),
         None => None,
     };
+    // Listeners before the data plane: a second daemon (socket in use) stops here, before it
+    // touches the pins of the first.
+    let unix = admin::bind_unix(&args.socket)?;
+    let tcp = match args.listen {
+        Some(addr) => Some(admin::bind_tcp(addr).await?),
+        None => None,
+    };
+
     let pin_dir = (!args.no_pin).then(|| args.pin_dir.clone());
     let mut dataplane = Dataplane::load(LoadOptions {
         max_sources: config.max_sources,
@@ -159,47 +166,41 @@ async fn run(args: RunArgs, config: Config, iface: String) -> anyhow::Result<()>
         adopted,
         pin_dir,
         started: Instant::now(),
-        ready: AtomicBool::new(true),
+        ready: AtomicBool::new(false),
         reloads_succeeded: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
         events: AtomicU64::new(0),
-        detach: AtomicBool::new(false),
         stop: Notify::new(),
         occupancy: Mutex::new(None),
     });
-    info!(iface, mode = ?mode, generation = applied.generation, adopted, "enforcing");
 
     let metrics = Arc::new(Metrics::new());
     let router = admin::router(daemon.clone(), metrics);
-    let shutdown = Arc::new(Notify::new());
-    let mut servers = Vec::new();
-    {
-        let shutdown = shutdown.clone();
-        let router = router.clone();
-        let socket = args.socket.clone();
-        servers.push(tokio::spawn(async move {
-            admin::server::serve_unix(&socket, router, async move { shutdown.notified().await })
-                .await
-        }));
-    }
-    if let (Some(addr), Some(token)) = (args.listen, token) {
-        let shutdown = shutdown.clone();
-        let router = router.clone();
-        servers.push(tokio::spawn(async move {
-            admin::server::serve_tcp(
-                addr,
-                token,
-                router,
-                async move { shutdown.notified().await },
-            )
-            .await
-        }));
+    // A watch, not a Notify: a shutdown signalled before a server first polls is not lost.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = vec![tokio::spawn(admin::serve_unix_listener(
+        unix,
+        router.clone(),
+        shutdown(),
+    ))];
+    if let (Some(listener), Some(token)) = (tcp, token) {
+        servers.push(tokio::spawn(admin::serve_tcp_listener(
+            listener,
+            token,
+            router.clone(),
+            shutdown(),
+        )));
     }
     tokio::spawn(read_events(daemon.clone(), events));
+    daemon.ready.store(true, Ordering::SeqCst);
+    info!(iface, mode = ?mode, generation = applied.generation, adopted, "enforcing");
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let period = if args.stats_interval.is_zero() {
         Duration::from_secs(86_400 * 365)
     } else {
@@ -220,7 +221,10 @@ async fn run(args: RunArgs, config: Config, iface: String) -> anyhow::Result<()>
                     Err(e) => warn!(category = "config", "reload on SIGHUP rejected, the running rules stay: {e}"),
                 }
             }
-            _ = stats.tick() => daemon.log_counters(),
+            _ = stats.tick() => {
+                let d = daemon.clone();
+                tokio::task::spawn_blocking(move || d.log_counters()).await?;
+            }
             _ = housekeeping.tick() => {
                 let d = daemon.clone();
                 tokio::task::spawn_blocking(move || d.expire_acl()).await?;
@@ -229,28 +233,54 @@ async fn run(args: RunArgs, config: Config, iface: String) -> anyhow::Result<()>
     }
 
     daemon.ready.store(false, Ordering::SeqCst);
-    shutdown.notify_waiters();
+    // Detach (when asked) before draining connections: a stalled client must not hold it up.
+    let dataplane = daemon
+        .dataplane
+        .lock()
+        .map_err(|_| anyhow::anyhow!("dataplane lock poisoned"))?
+        .take();
+    if let Some(dataplane) = dataplane {
+        if args.detach_on_exit || daemon.pin_dir.is_none() {
+            dataplane.detach()?;
+            info!(iface, "detached: enforcement stopped");
+        } else {
+            drop(dataplane);
+            info!(iface, pin_dir = ?daemon.pin_dir, "exiting; the pinned program keeps enforcing");
+        }
+    }
+    let _ = shutdown_tx.send(true);
     for server in servers {
-        match server.await {
-            Ok(Err(e)) => warn!(category = "admin", "admin API: {e:#}"),
-            Err(e) => warn!(category = "admin", "admin API task: {e}"),
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(e))) => warn!(category = "admin", "admin API: {e:#}"),
+            Ok(Err(e)) => warn!(category = "admin", "admin API task: {e}"),
+            Err(_) => warn!(
+                category = "admin",
+                "admin API connections still open after 5 s; closing them"
+            ),
+            Ok(Ok(Ok(()))) => {}
         }
     }
     let _ = std::fs::remove_file(&args.socket);
-    daemon.log_counters();
-    let dataplane = daemon.dataplane.lock().expect("dataplane lock").take();
-    let Some(dataplane) = dataplane else {
-        return Ok(());
-    };
-    if daemon.detach.load(Ordering::SeqCst) || args.detach_on_exit || daemon.pin_dir.is_none() {
-        dataplane.detach()?;
-        info!(iface, "detached: enforcement stopped");
-    } else {
-        drop(dataplane);
-        info!(iface, pin_dir = ?daemon.pin_dir, "exiting; the pinned program keeps enforcing");
-    }
     Ok(())
+}
+
+/// Reads the TCP admin token; refuses a file others can read (the token is full admin access).
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the token file {} is readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    Ok(token.trim().to_string())
 }
 
 /// What reloads and API calls change.
@@ -275,10 +305,11 @@ struct Daemon {
     reloads_succeeded: AtomicU64,
     reloads_failed: AtomicU64,
     events: AtomicU64,
-    detach: AtomicBool,
+    /// Wakes the main loop to exit (after a detach through the API).
     stop: Notify,
-    /// Map occupancy, walked at most every few seconds (a large source table takes a while).
-    occupancy: Mutex<Option<(Instant, Vec<MapOccupancy>)>>,
+    /// Map occupancy: when, how long the walk took, what it found. A large source table
+    /// takes a while to walk, so a slow walk is reused for a few seconds.
+    occupancy: Mutex<Option<(Instant, Duration, Vec<MapOccupancy>)>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ControlError {
@@ -416,8 +447,15 @@ impl Control for Daemon {
         let maps = {
             let mut cache = self.occupancy.lock().map_err(internal)?;
             match cache.as_ref() {
-                Some((at, maps)) if at.elapsed() < Duration::from_secs(5) => maps.clone(),
+                // Reused only when walking was slow (a large source table) and recent.
+                Some((at, took, maps))
+                    if *took > Duration::from_millis(100)
+                        && at.elapsed() < Duration::from_secs(5) =>
+                {
+                    maps.clone()
+                }
                 _ => {
+                    let started = Instant::now();
                     let rules = self.state.lock().map_err(internal)?.config.rules.len() as u64;
                     let maps = self.with_dataplane(|dp| {
                         let walked = |name: &'static str,
@@ -445,7 +483,7 @@ impl Control for Daemon {
                             walked(names::ACL_V6, "acl_v6", MAX_CIDRS as u64)?,
                         ])
                     })?;
-                    *cache = Some((Instant::now(), maps.clone()));
+                    *cache = Some((Instant::now(), started.elapsed(), maps.clone()));
                     maps
                 }
             }
@@ -696,7 +734,12 @@ impl Control for Daemon {
 
     fn detach(&self) -> Result<(), ControlError> {
         info!("detach requested through the admin API");
-        self.detach.store(true, Ordering::SeqCst);
+        // Done before answering, so "detached" means detached; the daemon then exits.
+        let dataplane = self.dataplane.lock().map_err(internal)?.take();
+        let dataplane =
+            dataplane.ok_or_else(|| ControlError::Internal("already shutting down".into()))?;
+        dataplane.detach().map_err(internal)?;
+        info!(iface = self.iface, "detached: enforcement stopped");
         self.stop.notify_one();
         Ok(())
     }

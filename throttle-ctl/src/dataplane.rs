@@ -65,6 +65,8 @@ pub enum DataplaneError {
     IncompatiblePins { dir: PathBuf, detail: String },
     #[error("unknown network interface {0}")]
     UnknownInterface(String),
+    #[error("no free rule id: the config has more rules than the data plane holds")]
+    NoRuleIds,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -226,39 +228,18 @@ impl Dataplane {
         let ifindex = ifindex(iface)?;
         let link_pin = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN));
         if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
-            let settings = self.settings()?;
-            if settings.ifindex != 0 && settings.ifindex != ifindex {
-                return Err(DataplaneError::Pin {
-                    path: pin.clone(),
-                    detail: format!(
-                        "the pinned program is attached to interface index {}, not {iface}; \
-                         run `throttle-ctl detach` first to move it",
-                        settings.ifindex
-                    ),
-                });
+            match self.adopt_link(pin, iface, ifindex) {
+                Ok(used) => return Ok(used),
+                Err(e) => {
+                    // The interface was re-created (a new ifindex, or a link left without a
+                    // device) or changed in the config: the old link protects nothing here.
+                    warn!(iface, error = %e, "cannot take over the pinned link; replacing it (maps and state are kept)");
+                    if let Ok(stale) = PinnedLink::from_pin(pin) {
+                        drop(stale.unpin());
+                    }
+                    let _ = std::fs::remove_file(pin);
+                }
             }
-            let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Pin {
-                path: pin.clone(),
-                detail: e.to_string(),
-            })?;
-            let link =
-                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::Pin {
-                    path: pin.clone(),
-                    detail: e.to_string(),
-                })?;
-            xdp_mut(&mut self.ebpf)?
-                .attach_to_link(link)
-                .map_err(|source| DataplaneError::Program {
-                    what: format!("replacing the program of the pinned link on {iface}"),
-                    source,
-                })?;
-            let used = if settings.attach_mode == ATTACH_SKB {
-                XdpMode::Skb
-            } else {
-                XdpMode::Driver
-            };
-            info!(iface, mode = ?used, "took over the pinned link; program replaced without a gap");
-            return Ok(used);
         }
 
         let program = xdp_mut(&mut self.ebpf)?;
@@ -316,6 +297,41 @@ impl Dataplane {
         Ok(used)
     }
 
+    /// Puts this program into the link an earlier daemon pinned, in one step.
+    fn adopt_link(
+        &mut self,
+        pin: &Path,
+        iface: &str,
+        ifindex: u32,
+    ) -> Result<XdpMode, DataplaneError> {
+        let settings = self.settings()?;
+        let pin_error = |detail: String| DataplaneError::Pin {
+            path: pin.to_path_buf(),
+            detail,
+        };
+        if settings.ifindex != 0 && settings.ifindex != ifindex {
+            return Err(pin_error(format!(
+                "the pinned link is on interface index {}, {iface} is {ifindex}",
+                settings.ifindex
+            )));
+        }
+        let pinned = PinnedLink::from_pin(pin).map_err(|e| pin_error(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(e.to_string()))?;
+        xdp_mut(&mut self.ebpf)?
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Program {
+                what: format!("replacing the program of the pinned link on {iface}"),
+                source,
+            })?;
+        let used = if settings.attach_mode == ATTACH_SKB {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        };
+        info!(iface, mode = ?used, "took over the pinned link; program replaced without a gap");
+        Ok(used)
+    }
+
     /// Applies a validated config: rules by slot switch, then the access list (the config's
     /// entries plus `runtime`, the ones added through the API). Rules keep their id across
     /// applies as long as their identity (name, unit, window) stays; new ones get ids handed
@@ -337,19 +353,27 @@ impl Dataplane {
             .iter()
             .filter_map(|r| live.get(&r.identity).copied())
             .collect();
-        let mut next = settings.next_rule_id.max(1);
+        let live_ids: HashSet<u32> = live.values().copied().collect();
+        let mut next = settings.next_rule_id.clamp(1, MAX_RULES - 1);
         let mut fresh = Vec::new();
         for rule in &mut compiled {
             rule.id = match live.get(&rule.identity) {
                 Some(id) => *id,
                 None => {
-                    // `taken` has fewer than MAX_RULES - 1 ids: validation caps the rule count.
-                    while taken.contains(&next) || live.values().any(|id| *id == next) {
-                        next = next % (MAX_RULES - 1) + 1;
-                    }
-                    taken.insert(next);
-                    fresh.push(next);
-                    next
+                    // Round-robin from `next`, avoiding ids live now (their windows are still
+                    // keyed by them); when only those are left, one of a rule being removed.
+                    let free = |avoid_live: bool| {
+                        (0..MAX_RULES - 1)
+                            .map(|k| (next - 1 + k) % (MAX_RULES - 1) + 1)
+                            .find(|id| !(taken.contains(id) || avoid_live && live_ids.contains(id)))
+                    };
+                    let id = free(true)
+                        .or_else(|| free(false))
+                        .ok_or(DataplaneError::NoRuleIds)?;
+                    taken.insert(id);
+                    fresh.push(id);
+                    next = id % (MAX_RULES - 1) + 1;
+                    id
                 }
             };
         }

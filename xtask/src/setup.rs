@@ -130,7 +130,14 @@ fn ensure_cargo_fuzz() -> Result<()> {
     }
     println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (for the fuzz tier)");
     let mut install = cmd::cargo();
-    install.args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked", "--force"]);
+    install.args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]);
     cmd::run(install.stdin(Stdio::null()))
 }
 

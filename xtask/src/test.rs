@@ -63,7 +63,8 @@ impl Tier {
                     "--test",
                     "differential",
                 ],
-                &["--test-threads=1"],
+                // --nocapture: the differential test prints its DIFFERENTIAL summary line.
+                &["--test-threads=1", "--nocapture"],
             ),
             Tier::E2e => (
                 &[
@@ -110,7 +111,8 @@ pub fn selected(asked: &[Tier]) -> Vec<Tier> {
 /// Seconds each fuzz target runs within `cargo xtask test`.
 const FUZZ_SECONDS_IN_TEST: u64 = 20;
 /// The cargo-fuzz targets (tests/fuzz/fuzz_targets) and the seed directory of each.
-const FUZZ_TARGETS: [(&str, &str); 2] = [("config", "configs"), ("packet", "tests/fuzz/seeds/packet")];
+const FUZZ_TARGETS: [(&str, &str); 2] =
+    [("config", "configs"), ("packet", "tests/fuzz/seeds/packet")];
 
 /// Runs every fuzz target for `seconds`; a crash fails with the artifact's path in the output.
 pub fn fuzz(seconds: u64) -> Result<()> {
@@ -122,7 +124,16 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             .current_dir(workspace_root())
             // libFuzzer's instrumentation flags are unstable; the stable compiler takes them so.
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", "--fuzz-dir", "tests/fuzz", target, &corpus, seeds, "--"])
+            .args([
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "tests/fuzz",
+                target,
+                &corpus,
+                seeds,
+                "--",
+            ])
             .arg(format!("-max_total_time={seconds}"))
             .arg("-rss_limit_mb=2048");
         cmd::run(&mut cargo).with_context(|| format!("fuzz target {target}"))?;
@@ -242,17 +253,20 @@ mod tests {
     #[test]
     fn extra_args_go_before_and_after_the_tier_separator() {
         assert_eq!(
-            test_args(Tier::Kernel, &strings(&["window", "--", "--nocapture"])),
+            test_args(Tier::Kernel, &strings(&["window", "--", "--exact"])),
             strings(&[
                 "test",
                 "-p",
                 "throttle-tests",
                 "--test",
                 "kernel",
+                "--test",
+                "differential",
                 "window",
                 "--",
                 "--test-threads=1",
                 "--nocapture",
+                "--exact",
             ])
         );
         assert_eq!(
