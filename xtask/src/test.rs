@@ -116,6 +116,7 @@ const FUZZ_TARGETS: [(&str, &str); 2] =
 
 /// Runs every fuzz target for `seconds`; a crash fails with the artifact's path in the output.
 pub fn fuzz(seconds: u64) -> Result<()> {
+    println!("fuzz: building the targets with libFuzzer instrumentation (minutes on a fresh clone), then {seconds} s each");
     for (target, seeds) in FUZZ_TARGETS {
         let corpus = format!("tests/fuzz/corpus/{target}");
         std::fs::create_dir_all(workspace_root().join(&corpus))?;
@@ -136,7 +137,20 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             ])
             .arg(format!("-max_total_time={seconds}"))
             .arg("-rss_limit_mb=2048");
-        cmd::run(&mut cargo).with_context(|| format!("fuzz target {target}"))?;
+        // libFuzzer reports every new input: keep the tail, unless it failed.
+        let out = cmd::output(&mut cargo).with_context(|| format!("fuzz target {target}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = if out.status.success() {
+            &lines[lines.len().saturating_sub(3)..]
+        } else {
+            &lines[..]
+        };
+        println!("{}", shown.join("\n"));
+        if !out.status.success() {
+            bail!("fuzz target {target} failed ({}): the crashing input is under tests/fuzz/artifacts/{target}", out.status);
+        }
     }
     Ok(())
 }
