@@ -41,6 +41,7 @@ struct Measurement {
     name: &'static str,
     what: &'static str,
     value: f64,
+    unit: &'static str,
     baseline_name: &'static str,
     baseline: f64,
 }
@@ -125,6 +126,8 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let hit_admit = udp([198, 18, 0, 2], 9000);
     let hit_over = udp([198, 18, 0, 2], 9001);
     let no_rule = udp([198, 18, 0, 2], 80);
+    let allowlisted = udp([198, 19, 100, 1], 9000);
+    let denylisted = udp([198, 19, 66, 1], 9000);
     // Two variants of the over-quota hit, to show where its time goes: without the access
     // list (no trie lookup), and with the clock read replaced by a map value (the test clock).
     let no_acl_config = Config::from_yaml(&CONFIG[..CONFIG.find("allow:").expect("allow list")])?;
@@ -150,7 +153,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
         ns_per_run(program, &hit_over, 1000)?;
     }
 
-    let mut samples: [Vec<f64>; 9] = Default::default();
+    let mut samples: [Vec<f64>; 11] = Default::default();
     let mut next_source = 0u32;
     for round in 0..ROUNDS {
         eprintln!("round {}/{ROUNDS}", round + 1);
@@ -161,6 +164,8 @@ fn run_xdp() -> Result<Vec<Measurement>> {
         samples[4].push(ns_per_run(throttle, &no_rule, REPEAT)?);
         samples[7].push(ns_per_run(throttle_no_acl, &hit_over, REPEAT)?);
         samples[8].push(ns_per_run(throttle_fixed_clock, &hit_over, REPEAT)?);
+        samples[9].push(ns_per_run(throttle, &allowlisted, REPEAT)?);
+        samples[10].push(ns_per_run(throttle, &denylisted, REPEAT)?);
         // New sources: each frame from an address never seen before.
         let frames: Vec<Vec<u8>> = (0..NEW_SOURCES / ROUNDS as u32)
             .map(|_| {
@@ -179,13 +184,36 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             totals.new_sources
         );
     }
-    let [drop_ns, pass_ns, admit_ns, over_ns, no_rule_ns, drop_single_ns, new_ns, over_no_acl_ns, over_fixed_clock_ns] =
+    let [drop_ns, pass_ns, admit_ns, over_ns, no_rule_ns, drop_single_ns, new_ns, over_no_acl_ns, over_fixed_clock_ns, allow_ns, deny_ns] =
         samples.map(median);
-    Ok(vec![
+    let memory = memory_per_source(&dp)?;
+    let applies = apply_latency()?;
+    let mut results = vec![
+        Measurement {
+            name: "xdp_allowlisted",
+            what: "allowlisted source (PASS)",
+            value: allow_ns,
+            unit: "ns/packet",
+            baseline_name: "xdp_pass",
+            baseline: pass_ns,
+        },
+        Measurement {
+            name: "xdp_denylisted",
+            what: "denylisted source (DROP)",
+            value: deny_ns,
+            unit: "ns/packet",
+            baseline_name: "xdp_drop",
+            baseline: drop_ns,
+        },
+        memory,
+    ];
+    results.extend(applies);
+    let mut paths = vec![
         Measurement {
             name: "xdp_pass_baseline",
             what: "bare XDP_PASS program",
             value: pass_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
@@ -193,6 +221,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_hit_within_quota",
             what: "known source, within quota (atomic add, PASS)",
             value: admit_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
@@ -200,6 +229,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_hit_over_quota",
             what: "known source, over quota (DROP)",
             value: over_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
@@ -207,6 +237,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_hit_over_quota_no_acl",
             what: "known source, over quota, empty access list (no trie lookup)",
             value: over_no_acl_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
@@ -214,6 +245,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_hit_over_quota_fixed_clock",
             what: "known source, over quota, clock read replaced by a map value",
             value: over_fixed_clock_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
@@ -221,6 +253,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_no_rule",
             what: "no rule for the port (PASS)",
             value: no_rule_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop",
             baseline: drop_ns,
         },
@@ -228,10 +261,83 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             name: "xdp_new_source",
             what: "source never seen (LRU insert), one run per source",
             value: new_ns,
+            unit: "ns/packet",
             baseline_name: "xdp_drop_single_run",
             baseline: drop_single_ns,
         },
-    ])
+    ];
+    paths.extend(results);
+    Ok(paths)
+}
+
+/// Kernel memory of the source table per entry (its `memlock` in fdinfo over its size),
+/// against the bytes of one key and value.
+fn memory_per_source(dp: &Dataplane) -> Result<Measurement> {
+    use std::os::fd::AsRawFd;
+    let info = dp.map_info(throttle_common::names::SOURCES)?;
+    let fd = info.fd()?;
+    let fdinfo = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsFd::as_fd(&fd).as_raw_fd()
+    ))?;
+    let memlock: f64 = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .context("no memlock in fdinfo")?
+        .trim()
+        .parse()?;
+    let payload = (std::mem::size_of::<throttle_common::SourceKey>()
+        + std::mem::size_of::<throttle_common::WindowState>()) as f64;
+    Ok(Measurement {
+        name: "memory_per_tracked_source",
+        what: "kernel memory per tracked source (LRU hash, preallocated)",
+        value: memlock / info.max_entries() as f64,
+        unit: "bytes",
+        baseline_name: "key + value bytes",
+        baseline: payload,
+    })
+}
+
+/// Time to apply a rule set of 10, 100 and 1000 rules (everything up to the slot switch, after
+/// which packets see the new set), against the 10-rule apply.
+fn apply_latency() -> Result<Vec<Measurement>> {
+    let mut dp = Dataplane::load(LoadOptions {
+        max_sources: 1024,
+        test_clock: false,
+        pin_dir: None,
+    })?;
+    let mut timings = Vec::new();
+    for n in [10usize, 100, 1000] {
+        let rules: String = (1..=n)
+            .map(|i| {
+                format!("  - {{name: r{i}, protocol: udp, port: {i}, limit: 100, window: 1s}}\n")
+            })
+            .collect();
+        let config = Config::from_yaml(&format!("rules:\n{rules}"))?;
+        let mut runs = Vec::new();
+        for _ in 0..ROUNDS {
+            let start = std::time::Instant::now();
+            dp.apply(&config, &[])?;
+            runs.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        timings.push(median(runs));
+    }
+    let names = ["apply_10_rules", "apply_100_rules", "apply_1000_rules"];
+    let whats = [
+        "rule-set apply, 10 rules",
+        "rule-set apply, 100 rules",
+        "rule-set apply, 1000 rules",
+    ];
+    Ok((0..3)
+        .map(|i| Measurement {
+            name: names[i],
+            what: whats[i],
+            value: timings[i],
+            unit: "ms",
+            baseline_name: "apply_10_rules",
+            baseline: timings[0],
+        })
+        .collect())
 }
 
 fn write_outputs(results: &[Measurement], docs: &Path, command: &str) -> Result<()> {
@@ -240,8 +346,8 @@ fn write_outputs(results: &[Measurement], docs: &Path, command: &str) -> Result<
         let comma = if i + 1 < results.len() { "," } else { "" };
         writeln!(
             json,
-            "  {{\"name\": \"{}\", \"value\": {:.2}, \"unit\": \"ns/packet\", \"baseline\": {:.2}, \"baseline_name\": \"{}\", \"ratio\": {:.3}}}{comma}",
-            m.name, m.value, m.baseline, m.baseline_name, m.value / m.baseline
+            "  {{\"name\": \"{}\", \"value\": {:.2}, \"unit\": \"{}\", \"baseline\": {:.2}, \"baseline_name\": \"{}\", \"ratio\": {:.3}}}{comma}",
+            m.name, m.value, m.unit, m.baseline, m.baseline_name, m.value / m.baseline
         )?;
     }
     json.push_str("]\n");
@@ -260,18 +366,20 @@ fn write_outputs(results: &[Measurement], docs: &Path, command: &str) -> Result<
     let mut table = format!(
         "Command: `{command}` (as root). Kernel {}, {cpu}, {} CPUs. BPF_PROG_TEST_RUN, repeat {REPEAT} \
          (new sources: {NEW_SOURCES} single runs), median of {ROUNDS} interleaved rounds.\n\n\
-         | path | ns/packet | baseline | baseline ns/packet | ratio |\n|---|---:|---|---:|---:|\n",
+         | what | value | baseline | baseline value | ratio |\n|---|---:|---|---:|---:|\n",
         kernel.trim(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for m in results {
         writeln!(
             table,
-            "| {} | {:.2} | {} | {:.2} | {:.2}x |",
+            "| {} | {:.2} {} | {} | {:.2} {} | {:.2}x |",
             m.what,
             m.value,
+            m.unit,
             m.baseline_name,
             m.baseline,
+            m.unit,
             m.value / m.baseline
         )?;
     }
