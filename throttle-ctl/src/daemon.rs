@@ -745,6 +745,9 @@ impl Control for Daemon {
     }
 }
 
+/// Over-quota events logged one by one per second, at most.
+const EVENT_LOG_LINES_PER_SECOND: u32 = 20;
+
 /// Logs and counts over-quota events from the kernel's ring buffer.
 async fn read_events(daemon: Arc<Daemon>, events: aya::maps::RingBuf<aya::maps::MapData>) {
     // SAFETY: the ring buffer owns its map fd and keeps it open while the AsyncFd holds it.
@@ -756,6 +759,10 @@ async fn read_events(daemon: Arc<Daemon>, events: aya::maps::RingBuf<aya::maps::
                 return;
             }
         };
+    // Logged one by one up to a budget per second; beyond it (an attack from many sources)
+    // counted and summed up once a second, so the log stays readable and journald's rate
+    // limit does not swallow other messages.
+    let (mut second, mut logged, mut suppressed) = (Instant::now(), 0u32, 0u64);
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
@@ -772,6 +779,20 @@ async fn read_events(daemon: Arc<Daemon>, events: aya::maps::RingBuf<aya::maps::
             // SAFETY: the kernel wrote an OverQuotaEvent (plain integers) of at least this size.
             let event: OverQuotaEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             daemon.events.fetch_add(1, Ordering::Relaxed);
+            if second.elapsed() >= Duration::from_secs(1) {
+                if suppressed > 0 {
+                    info!(
+                        events = suppressed,
+                        "over quota: more sources in the last second (see `throttle-ctl top`)"
+                    );
+                }
+                (second, logged, suppressed) = (Instant::now(), 0, 0);
+            }
+            if logged >= EVENT_LOG_LINES_PER_SECOND {
+                suppressed += 1;
+                continue;
+            }
+            logged += 1;
             let rule = daemon.state.lock().ok().and_then(|s| {
                 s.rule_ids
                     .iter()

@@ -101,6 +101,9 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// Maps were taken over from pins left by an earlier daemon.
     adopted: bool,
+    /// An exclusive flock on the pin directory, held while loaded: two daemons on the same
+    /// pins would overwrite each other's rule slots.
+    _pin_lock: Option<std::fs::File>,
 }
 
 /// What an apply did.
@@ -133,6 +136,10 @@ impl Dataplane {
             }
             None => false,
         };
+        let pin_lock = match &opts.pin_dir {
+            Some(dir) => Some(lock_pin_dir(dir)?),
+            None => None,
+        };
         let test_clock = u8::from(opts.test_clock);
         let mut loader = EbpfLoader::new();
         loader
@@ -153,6 +160,7 @@ impl Dataplane {
             test_clock: opts.test_clock,
             pin_dir: opts.pin_dir,
             adopted,
+            _pin_lock: pin_lock,
         };
         if adopted {
             let pinned = dp.map_info(names::SOURCES)?.max_entries();
@@ -864,6 +872,24 @@ fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
         )));
     }
     Ok(())
+}
+
+/// Takes the pin directory's lock, or says who holds it.
+fn lock_pin_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
+    use std::os::fd::AsRawFd;
+    let pin_error = |detail: String| DataplaneError::Pin {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    let file = std::fs::File::open(dir).map_err(|e| pin_error(e.to_string()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(pin_error(format!(
+            "another throttle-ctl is running with these pins ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(file)
 }
 
 /// Mounts the bpf filesystem at /sys/fs/bpf when a pin directory below it is asked for and
