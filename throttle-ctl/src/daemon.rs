@@ -335,34 +335,9 @@ impl Daemon {
         match self.stats() {
             Ok(stats) => {
                 for rule in &stats.rules {
-                    let c = &rule.counters;
-                    info!(
-                        rule = rule.name,
-                        passed = c.passed,
-                        dropped = c.dropped,
-                        marked = c.marked,
-                        dry_run = c.dry_run,
-                        bytes_passed = c.bytes_passed,
-                        bytes_dropped = c.bytes_dropped,
-                        new_sources = c.new_sources,
-                        "counters"
-                    );
+                    log_counter_line(&rule.name, &rule.counters);
                 }
-                let g = &stats.global;
-                info!(
-                    rule = "(all)",
-                    passed = g.passed,
-                    dropped = g.dropped,
-                    marked = g.marked,
-                    dry_run = g.dry_run,
-                    malformed = g.malformed,
-                    non_ip = g.non_ip,
-                    allowlisted = g.allowlisted,
-                    denylisted = g.denylisted,
-                    evasive = g.evasive,
-                    new_sources = g.new_sources,
-                    "counters"
-                );
+                log_counter_line("(all)", &stats.global);
             }
             Err(e) => warn!(category = "dataplane", "reading counters: {e}"),
         }
@@ -417,6 +392,26 @@ impl Daemon {
             })
             .collect()
     }
+}
+
+/// One log line with every counter of a rule (or of all rules).
+fn log_counter_line(rule: &str, c: &Counters) {
+    info!(
+        rule,
+        passed = c.passed,
+        dropped = c.dropped,
+        marked = c.marked,
+        dry_run = c.dry_run,
+        bytes_passed = c.bytes_passed,
+        bytes_dropped = c.bytes_dropped,
+        malformed = c.malformed,
+        non_ip = c.non_ip,
+        allowlisted = c.allowlisted,
+        denylisted = c.denylisted,
+        evasive = c.evasive,
+        new_sources = c.new_sources,
+        "counters"
+    );
 }
 
 fn read_runtime_acl(dp: &Dataplane) -> anyhow::Result<Vec<RuntimeAcl>> {
