@@ -2,6 +2,7 @@
 //! and network namespaces that clean up after themselves.
 
 pub mod daemon;
+pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod traffic;

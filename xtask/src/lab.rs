@@ -9,6 +9,8 @@ use crate::{build, cmd, is_root, setup, workspace_root};
 pub enum Suite {
     /// In-kernel cost of the XDP decision against bare XDP_DROP / XDP_PASS programs.
     Xdp,
+    /// CPU per packet of a trafgen flood under throttle, nftables, iptables and no filter.
+    Flood,
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -40,5 +42,6 @@ pub fn bench(suite: Suite) -> Result<()> {
     build::build(false)?;
     match suite {
         Suite::Xdp => run_lab_binary("throttle-bench", &["xdp"]),
+        Suite::Flood => run_lab_binary("throttle-bench", &["flood"]),
     }
 }

@@ -340,19 +340,28 @@ fn apply_latency() -> Result<Vec<Measurement>> {
         .collect())
 }
 
-fn write_outputs(results: &[Measurement], docs: &Path, command: &str) -> Result<()> {
-    let mut json = String::from("[\n");
-    for (i, m) in results.iter().enumerate() {
-        let comma = if i + 1 < results.len() { "," } else { "" };
-        writeln!(
-            json,
-            "  {{\"name\": \"{}\", \"value\": {:.2}, \"unit\": \"{}\", \"baseline\": {:.2}, \"baseline_name\": \"{}\", \"ratio\": {:.3}}}{comma}",
-            m.name, m.value, m.unit, m.baseline, m.baseline_name, m.value / m.baseline
-        )?;
+/// Writes `results` of `suite` into docs/bench/latest.json (replacing that suite's earlier
+/// entries, keeping the other suites') and into its section of docs/benchmarks.md.
+fn write_outputs(results: &[Measurement], docs: &Path, suite: &str, method: &str) -> Result<()> {
+    let json_path = docs.join("bench/latest.json");
+    let mut all: Vec<serde_json::Value> = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    all.retain(|v| v["suite"].as_str().is_some_and(|s| s != suite));
+    for m in results {
+        all.push(serde_json::json!({
+            "suite": suite,
+            "name": m.name,
+            "value": (m.value * 100.0).round() / 100.0,
+            "unit": m.unit,
+            "baseline": (m.baseline * 100.0).round() / 100.0,
+            "baseline_name": m.baseline_name,
+            "ratio": (m.value / m.baseline * 1000.0).round() / 1000.0,
+        }));
     }
-    json.push_str("]\n");
     std::fs::create_dir_all(docs.join("bench"))?;
-    std::fs::write(docs.join("bench/latest.json"), json)?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -364,8 +373,7 @@ fn write_outputs(results: &[Measurement], docs: &Path, command: &str) -> Result<
         })
         .unwrap_or_default();
     let mut table = format!(
-        "Command: `{command}` (as root). Kernel {}, {cpu}, {} CPUs. BPF_PROG_TEST_RUN, repeat {REPEAT} \
-         (new sources: {NEW_SOURCES} single runs), median of {ROUNDS} interleaved rounds.\n\n\
+        "Command: `cargo xtask bench {suite}` (as root). Kernel {}, {cpu}, {} CPUs. {method}\n\n\
          | what | value | baseline | baseline value | ratio |\n|---|---:|---|---:|---:|\n",
         kernel.trim(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -388,18 +396,61 @@ fn write_outputs(results: &[Measurement], docs: &Path, command: &str) -> Result<
     let md_path = docs.join("benchmarks.md");
     let md = std::fs::read_to_string(&md_path)
         .with_context(|| format!("reading {}", md_path.display()))?;
-    let (start, end) = ("<!-- bench:xdp:start -->", "<!-- bench:xdp:end -->");
-    let (Some(a), Some(b)) = (md.find(start), md.find(end)) else {
+    let (start, end) = (
+        format!("<!-- bench:{suite}:start -->"),
+        format!("<!-- bench:{suite}:end -->"),
+    );
+    let (Some(a), Some(b)) = (md.find(&start), md.find(&end)) else {
         bail!("{} has no {start} ... {end} section", md_path.display());
     };
     let updated = format!("{}{start}\n{table}{}", &md[..a], &md[b..]);
     std::fs::write(&md_path, updated)?;
-    eprintln!(
-        "wrote {} and {}",
-        docs.join("bench/latest.json").display(),
-        md_path.display()
-    );
+    eprintln!("wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
+}
+
+/// The flood suite: CPU per packet under each filter, against no filter, for both source sets.
+fn run_flood() -> Result<Vec<Measurement>> {
+    use throttle_tests::flood::{cpu_ns_per_packet, Filter, Sources};
+    const PACKETS: u64 = 2_000_000;
+    const RUNS: usize = 3;
+    let work = std::env::temp_dir().join(format!("throttle-flood-{}", std::process::id()));
+    let mut results = Vec::new();
+    for sources in [Sources::V4Thousand, Sources::V6Million] {
+        let mut per_filter = Vec::new();
+        for filter in Filter::ALL {
+            let mut runs = Vec::new();
+            for run in 0..RUNS {
+                eprintln!(
+                    "flood: {}, {}, run {}/{RUNS}",
+                    sources.label(),
+                    filter.label(),
+                    run + 1
+                );
+                runs.push(cpu_ns_per_packet(filter, sources, PACKETS, &work)?);
+            }
+            per_filter.push((filter, median(runs)));
+        }
+        let baseline = per_filter[0].1;
+        for (filter, value) in per_filter {
+            let name: &'static str = Box::leak(
+                format!("flood_{:?}_{:?}", sources, filter)
+                    .to_lowercase()
+                    .into_boxed_str(),
+            );
+            let what: &'static str =
+                Box::leak(format!("{}, {}", sources.label(), filter.label()).into_boxed_str());
+            results.push(Measurement {
+                name,
+                what,
+                value,
+                unit: "ns/packet",
+                baseline_name: "no filter",
+                baseline,
+            });
+        }
+    }
+    Ok(results)
 }
 
 fn main() -> Result<()> {
@@ -410,15 +461,27 @@ fn main() -> Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs"),
         ),
         [suite, docs] => (suite.as_str(), PathBuf::from(docs)),
-        _ => bail!("usage: throttle-bench xdp [DOCS_DIR]"),
+        _ => bail!("usage: throttle-bench xdp|flood [DOCS_DIR]"),
     };
-    if suite != "xdp" {
-        bail!("unknown suite `{suite}`; available: xdp");
-    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("throttle-bench needs root (BPF_PROG_TEST_RUN)");
+        bail!("throttle-bench needs root (BPF, network namespaces)");
     }
-    let results = run_xdp()?;
-    write_outputs(&results, &docs, "cargo xtask bench xdp")
+    match suite {
+        "xdp" => {
+            let method = format!(
+                "BPF_PROG_TEST_RUN, repeat {REPEAT} (new sources: {NEW_SOURCES} single runs), median of {ROUNDS} interleaved rounds."
+            );
+            write_outputs(&run_xdp()?, &docs, "xdp", &method)
+        }
+        "flood" => write_outputs(
+            &run_flood()?,
+            &docs,
+            "flood",
+            "trafgen sends 2,000,000 UDP frames over veth into the receiver namespace; the figure is the \
+             whole machine's busy CPU time (/proc/stat) per frame, sender included (the same under every \
+             filter), median of 3 runs; limit 100 packets/s per source under every filter.",
+        ),
+        other => bail!("unknown suite `{other}`; available: xdp, flood"),
+    }
 }

@@ -1,0 +1,256 @@
+//! The flood benchmark: trafgen floods a receiver namespace over veth, and the CPU time the
+//! machine spends per packet is compared between no filter, throttle's XDP program, an
+//! nftables per-source meter and iptables hashlimit: same flood, same packet count.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{daemon::Daemon, netns::Lab};
+
+/// What filters the receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    Throttle,
+    Nftables,
+    Iptables,
+}
+
+impl Filter {
+    pub const ALL: [Filter; 4] = [
+        Filter::None,
+        Filter::Throttle,
+        Filter::Nftables,
+        Filter::Iptables,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Filter::None => "no filter",
+            Filter::Throttle => "throttle (XDP)",
+            Filter::Nftables => "nftables meter",
+            Filter::Iptables => "iptables hashlimit",
+        }
+    }
+}
+
+/// Per-source limit of every filter: 100 packets a second to UDP 9000.
+pub const LIMIT_PER_SECOND: u32 = 100;
+const PORT: u16 = 9000;
+
+/// Sources of a flood: 1k IPv4 addresses, or 2^20 IPv6 ones (198.18.0.0/15 has too few).
+#[derive(Clone, Copy, Debug)]
+pub enum Sources {
+    V4Thousand,
+    V6Million,
+}
+
+impl Sources {
+    pub fn label(self) -> &'static str {
+        match self {
+            Sources::V4Thousand => "1k sources (IPv4)",
+            Sources::V6Million => "1M sources (IPv6)",
+        }
+    }
+}
+
+/// CPU time used by the whole machine (all CPUs, busy states), in ns.
+fn busy_cpu_ns() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(busy * 1_000_000_000 / tick)
+}
+
+fn sh(args: &[&str], input: Option<&str>) -> Result<()> {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if let Some(text) = input {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// trafgen's packet description: UDP to the receiver's MAC and PORT, from the given sources.
+fn trafgen_config(receiver_mac: &str, sources: Sources) -> String {
+    let mac = receiver_mac
+        .split(':')
+        .map(|b| format!("0x{b}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match sources {
+        Sources::V4Thousand => format!(
+            "{{ {mac}, 0x02, 0, 0, 0, 0, 0x02, c16(0x0800),
+              0x45, 0, c16(46), drnd(2), 0, 0, 64, 17, csumip(14, 33),
+              198, 18, dinc(128, 131), drnd(), 198, 18, 0, 1,
+              c16(40000), c16({PORT}), c16(26), c16(0), fill(0x5a, 18) }}"
+        ),
+        Sources::V6Million => format!(
+            "{{ {mac}, 0x02, 0, 0, 0, 0, 0x02, c16(0x86dd),
+              0x60, 0, 0, 0, c16(26), 17, 64,
+              0x20, 0x01, 0x0d, 0xb8, 0, 1, fill(0, 7), dinc(0, 15), drnd(2),
+              0x20, 0x01, 0x0d, 0xb8, fill(0, 11), 1,
+              c16(40000), c16({PORT}), c16(26), csumudp6(14, 54), fill(0x5a, 18) }}"
+        ),
+    }
+}
+
+/// Sets `filter` up in the lab's receiver (a daemon for throttle, rules for the others).
+fn set_up(lab: &mut Lab, filter: Filter) -> Result<Option<Daemon>> {
+    let ns = lab.receiver.clone();
+    let rate = LIMIT_PER_SECOND;
+    match filter {
+        Filter::None => Ok(None),
+        Filter::Throttle => {
+            let config = format!(
+                "max_sources: 2097152\nrules:\n  - {{name: flood, protocol: udp, port: {PORT}, limit: {rate}, window: 1s}}\n"
+            );
+            Ok(Some(Daemon::start(lab, "flood", &config, &["--no-pin"])?))
+        }
+        Filter::Nftables => {
+            let ruleset = format!(
+                "table inet bench {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  \
+                 udp dport {PORT} meter v4 size 2097152 {{ ip saddr limit rate over {rate}/second }} drop\n  \
+                 udp dport {PORT} meter v6 size 2097152 {{ ip6 saddr limit rate over {rate}/second }} drop\n }}\n}}\n"
+            );
+            sh(
+                &["ip", "netns", "exec", &ns, "nft", "-f", "-"],
+                Some(&ruleset),
+            )?;
+            Ok(None)
+        }
+        Filter::Iptables => {
+            for tool in ["iptables", "ip6tables"] {
+                sh(
+                    &[
+                        "ip",
+                        "netns",
+                        "exec",
+                        &ns,
+                        tool,
+                        "-A",
+                        "INPUT",
+                        "-p",
+                        "udp",
+                        "--dport",
+                        &PORT.to_string(),
+                        "-m",
+                        "hashlimit",
+                        "--hashlimit-above",
+                        &format!("{rate}/sec"),
+                        "--hashlimit-mode",
+                        "srcip",
+                        "--hashlimit-name",
+                        tool,
+                        "--hashlimit-htable-size",
+                        "1048576",
+                        "--hashlimit-htable-max",
+                        "2097152",
+                        "-j",
+                        "DROP",
+                    ],
+                    None,
+                )?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Floods a fresh lab filtered by `filter` with `packets` frames from `sources`; returns the
+/// machine's CPU ns per packet (sender, veth and receiver together: the same flood costs the
+/// sender the same under every filter, so differences are the receiver's).
+pub fn cpu_ns_per_packet(
+    filter: Filter,
+    sources: Sources,
+    packets: u64,
+    work: &Path,
+) -> Result<f64> {
+    let mut lab = Lab::new("fl", 1, &[])?;
+    let daemon = set_up(&mut lab, filter)?;
+    let out = lab.ip(&lab.receiver, &["-br", "link", "show", &lab.receiver_if])?;
+    let mac = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .context("no MAC")?
+        .to_string();
+    std::fs::create_dir_all(work)?;
+    let config = work.join("trafgen.cfg");
+    std::fs::write(&config, trafgen_config(&mac, sources))?;
+    let trafgen = [
+        "ip",
+        "netns",
+        "exec",
+        &lab.sender,
+        "trafgen",
+        "--dev",
+        &lab.sender_if,
+        "--conf",
+        config.to_str().unwrap(),
+        "--num",
+        &packets.to_string(),
+        "--cpus",
+        "1",
+    ];
+    // trafgen now and then gives up on a full TX ring ("Flushing TX_RING failed"): run again.
+    let mut attempt = 0;
+    let (before, after) = loop {
+        let before = busy_cpu_ns()?;
+        match sh(&trafgen, None) {
+            Ok(()) => break (before, busy_cpu_ns()?),
+            Err(e) if attempt < 2 => {
+                eprintln!("flood: trafgen failed ({e}), again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if let Some(d) = &daemon {
+        // The program really saw the flood (from 1M sources each sends about 2 frames, all
+        // within quota: what is measured there is tracking a million sources).
+        let stats: throttle_ctl::control::Stats = d.json(&["stats"])?;
+        let seen = stats.global.passed + stats.global.dropped;
+        if seen < packets * 9 / 10 {
+            bail!("throttle saw only {seen} of {packets} frames");
+        }
+    }
+    drop(daemon);
+    drop(lab);
+    Ok((after - before) as f64 / packets as f64)
+}
