@@ -69,7 +69,9 @@ fn main() -> ExitCode {
         Task::Build { release } => build::build(release),
         Task::Test(args) => test::test(args),
         Task::Demo => lab::demo(),
-        Task::Fuzz { seconds } => setup::setup(false).and_then(|()| test::fuzz(seconds)),
+        Task::Fuzz { seconds } => {
+            setup::setup(false).and_then(|()| test::fuzz(test::FuzzBudget::Seconds(seconds)))
+        }
         Task::Bench { suite } => lab::bench(suite),
     };
     // The context chain on one line; anyhow's Debug adds a backtrace under RUST_BACKTRACE.
