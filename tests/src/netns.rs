@@ -193,7 +193,8 @@ impl Lab {
         Ok(pid)
     }
 
-    /// Waits for a spawned child to exit, returning its status code.
+    /// Waits (30 s at most, then kills it and fails) for a spawned child to exit, returning
+    /// its status code.
     pub fn wait(&mut self, pid: u32) -> Result<Option<i32>> {
         let pos = self
             .children
@@ -201,7 +202,18 @@ impl Lab {
             .position(|c| c.id() == pid)
             .context("no such child")?;
         let mut child = self.children.remove(pos);
-        Ok(child.wait()?.code())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("pid {pid} did not exit within 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Runs `f` on a thread that has entered `ns`: sockets it makes live in that namespace.

@@ -128,18 +128,24 @@ fn enforcement_survives_kill_9_and_a_restart_adopts_the_pins() {
     );
     assert!(after.rules[0].counters.passed >= before.rules[0].counters.passed + 600);
 
-    // detach: the daemon exits, the program and the pins are gone.
-    let out = second.ctl(&["detach"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // SIGTERM: the daemon exits 0 and leaves the program enforcing.
+    // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
+    unsafe { libc::kill(second.pid as i32, libc::SIGTERM) };
     assert_eq!(
         lab.wait(second.pid).unwrap(),
         Some(0),
         "{}",
         second.log_text()
+    );
+    assert!(link_has_xdp(&lab), "still enforcing after SIGTERM");
+    assert!(second.log_text().contains("keeps enforcing"));
+
+    // detach with no daemon running works from the pins: the program and the pins are gone.
+    let out = second.ctl(&["detach", "--pin-dir", &pin_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(!link_has_xdp(&lab));
     assert!(!pins.path().exists());
@@ -309,17 +315,29 @@ fn every_verb_works_against_the_running_daemon() {
         )
         .join()
         .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
     };
     let before = received.from(OTHER);
     burst(20);
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(received.from(OTHER), before, "blocked source got through");
     assert!(daemon
         .ctl(&["unblock", &format!("{OTHER}/32")])
         .status
         .success());
     burst(20);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while received.from(OTHER) < before + 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(received.from(OTHER), before + 20);
+    // A deny inside an allow entry would do nothing: refused.
+    let out = daemon.ctl(&["block", "198.18.0.77"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // allow / disallow.
     assert!(daemon.ctl(&["allow", "198.18.0.0/24"]).status.success());
     assert!(daemon
@@ -511,23 +529,45 @@ fn the_tcp_admin_api_requires_its_token() {
         ask(Some("s3cret-token")).starts_with("HTTP/1.1 200"),
         "right token"
     );
-    drop(daemon);
+    // SAFETY: kill on the daemon's pid, which the lab has not reaped yet.
+    unsafe { libc::kill(daemon.pid as i32, libc::SIGTERM) };
+    assert_eq!(lab.wait(daemon.pid).unwrap(), Some(0));
 
-    // And without a token it does not start at all.
-    let out = std::process::Command::new(throttle_tests::daemon::throttle_ctl())
-        .args([
+    // Without a token, or with one others can read, it does not start at all.
+    let run = |extra: &[&str]| {
+        let mut args = vec![
             "run",
             "--config",
-            "/nonexistent",
+            daemon.config.to_str().unwrap(),
             "--iface",
             "lo",
             "--no-pin",
-            "--listen",
-            "127.0.0.1:9443",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(throttle_tests::daemon::throttle_ctl())
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["--listen", "127.0.0.1:9443"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = dir.join("other.sock");
+    let (code, err) = run(&[
+        "--listen",
+        "127.0.0.1:9443",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("readable by others"), "{err}");
 }
 
 /// Runs a command with `input` on its stdin; None when the program is not installed (then the

@@ -605,6 +605,21 @@ impl Control for Daemon {
         let mut state = self.state.lock().map_err(internal)?;
         let now = self.with_dataplane(|dp| dp.now())?;
         let expires_ns = ttl.map_or(0, |t| now.saturating_add(t * 1_000_000_000));
+        if kind == ACL_DENY {
+            // Allow wins: such an entry would do nothing, and would be gone after a restart.
+            let mut allows = state.config.allow.iter().copied().chain(
+                state
+                    .runtime_acl
+                    .iter()
+                    .filter(|r| r.kind == ACL_ALLOW)
+                    .map(|r| r.cidr),
+            );
+            if let Some(allow) = allows.find(|a| a.0.contains(&cidr.0)) {
+                return Err(ControlError::BadRequest(format!(
+                    "{cidr} lies inside the allow entry {allow}, which wins; remove that first"
+                )));
+            }
+        }
         let mut runtime = state.runtime_acl.clone();
         runtime.retain(|r| r.cidr != cidr);
         runtime.push(RuntimeAcl {
