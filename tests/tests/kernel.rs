@@ -798,6 +798,15 @@ fn pinned_maps_are_adopted_and_an_incompatible_layout_is_refused() {
         vec![1],
         "the rule keeps its id"
     );
+    // While one holds the pins, a second cannot take them.
+    let second = Dataplane::load(options())
+        .err()
+        .expect("second holder refused")
+        .to_string();
+    assert!(
+        second.contains("another throttle-ctl is running with these pins"),
+        "{second}"
+    );
     drop(dp);
 
     // Maps written by another schema version are refused, with the way out in the message.
