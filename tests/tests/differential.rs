@@ -197,6 +197,7 @@ fn the_program_agrees_with_the_reference_model_on_100k_frames() {
     let config = Config::from_yaml(CONFIG).unwrap();
     let mut dp = Dataplane::load(LoadOptions {
         max_sources: 65_536,
+        max_rules: config.max_rules,
         test_clock: true,
         pin_dir: None,
     })

@@ -32,6 +32,7 @@ impl Fixture {
         let config = Config::from_yaml(yaml).expect("test config");
         let mut dp = Dataplane::load(LoadOptions {
             max_sources: 1024,
+            max_rules: config.max_rules,
             test_clock: true,
             pin_dir: None,
         })
@@ -746,6 +747,56 @@ fn rule_ids_follow_rules_and_are_not_reused_soon() {
 }
 
 #[test]
+fn max_rules_sizes_the_counters_and_bounds_the_rule_ids() {
+    root_or_skip!("max_rules_sizes_the_counters_and_bounds_the_rule_ids");
+    let rules = |names: &[&str]| {
+        let body: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "  - {{name: {n}, protocol: udp, port: {}, limit: 2, window: 1s}}\n",
+                    53 + i
+                )
+            })
+            .collect();
+        format!("max_rules: 4\nrules:\n{body}")
+    };
+    let mut f = Fixture::new(&rules(&["a", "b", "c"]));
+    assert_eq!(f.dp.max_rules(), 4);
+    assert_eq!(
+        f.dp.map_info(throttle_common::names::COUNTERS)
+            .unwrap()
+            .max_entries(),
+        4
+    );
+    // Ids go round within 1..4: replacing every rule reuses ids of removed rules.
+    let applied =
+        f.dp.apply(&Config::from_yaml(&rules(&["d", "e", "f"])).unwrap(), &[])
+            .unwrap();
+    assert_eq!(applied.ids.len(), 3);
+    assert!(
+        applied.ids.iter().all(|id| (1..4).contains(id)),
+        "{:?}",
+        applied.ids
+    );
+    // Counted under the right id with the smaller counters array.
+    assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 5), 2);
+    assert_eq!(f.counters(applied.ids[0]).dropped, 3);
+    // A config that needs more ids than the loaded program has is refused, the rules stay.
+    let bigger = Config::from_yaml(
+        &rules(&["a", "b", "c", "d", "e"]).replace("max_rules: 4", "max_rules: 8"),
+    )
+    .unwrap();
+    let e = f.dp.apply(&bigger, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("5 rules") && e.contains("room for 3 rules"),
+        "{e}"
+    );
+    assert_eq!(f.dp.active_rules().unwrap().len(), 3);
+}
+
+#[test]
 fn reload_replaces_the_access_list() {
     root_or_skip!("reload_replaces_the_access_list");
     let mut f = Fixture::new(
@@ -778,6 +829,7 @@ fn pinned_maps_are_adopted_and_an_incompatible_layout_is_refused() {
     let pins = throttle_tests::daemon::PinDir::new("schema");
     let options = || LoadOptions {
         max_sources: 1024,
+        max_rules: throttle_common::DEFAULT_MAX_RULES,
         test_clock: true,
         pin_dir: Some(pins.path().to_path_buf()),
     };

@@ -5,10 +5,14 @@
 //! another version.
 
 /// Version of the layouts below.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Rule ids are `1..MAX_RULES`; id 0 holds the counters of packets no rule matched.
-pub const MAX_RULES: u32 = 1024;
+/// Rule ids are `1..MAX_RULES` (they fit the u16 of `RULE_INDEX`); id 0 holds the counters of
+/// packets no rule matched. `RULES` is always this large (it is not per CPU); the per-CPU
+/// `COUNTERS` array is sized at load time by the config's `max_rules`.
+pub const MAX_RULES: u32 = 16_384;
+/// Default `max_rules`: room for 1023 rules, 96 KiB of counters per CPU.
+pub const DEFAULT_MAX_RULES: u32 = 1024;
 /// Rules are written into the inactive one of two slots, then the slot is switched in one write,
 /// so no packet sees a half-written rule set.
 pub const RULE_SLOTS: u32 = 2;
@@ -240,7 +244,8 @@ pub struct EventBudget {
     pub sent: u64,
 }
 
-/// Per-rule counters, one per CPU (`COUNTERS` is a per-CPU array indexed by rule id).
+/// Per-rule counters, one per CPU (`COUNTERS` is a per-CPU array indexed by rule id, of
+/// `max_rules` entries).
 /// Index 0 counts what no rule matched; global figures are the sum over all indices.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

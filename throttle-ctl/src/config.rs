@@ -12,7 +12,7 @@ use serde::Deserialize;
 use throttle_common::{
     proto,
     window::{MAX_LIMIT, MAX_WINDOW_NS},
-    Action, Rule, Unit, ANY_PORT, DEFAULT_MAX_SOURCES, MAX_CIDRS, MAX_RULES,
+    Action, Rule, Unit, ANY_PORT, DEFAULT_MAX_RULES, DEFAULT_MAX_SOURCES, MAX_CIDRS, MAX_RULES,
 };
 
 use crate::{duration, yaml_lines::LineIndex};
@@ -81,6 +81,8 @@ struct RawConfig {
     #[serde(default)]
     max_sources: Option<u64>,
     #[serde(default)]
+    max_rules: Option<u64>,
+    #[serde(default)]
     rules: Vec<RawRule>,
     #[serde(default)]
     allow: Vec<String>,
@@ -120,6 +122,9 @@ pub struct Config {
     pub interface: Option<String>,
     /// Size of the per-(source, rule) table; least recently used sources are evicted beyond it.
     pub max_sources: u32,
+    /// Rule ids the program has counters for (ids 1..max_rules): at most `max_rules - 1`
+    /// rules. Costs 96 bytes per CPU each.
+    pub max_rules: u32,
     pub rules: Vec<RuleConfig>,
     /// Sources never limited (monitoring, health checkers, peers).
     pub allow: Vec<Cidr>,
@@ -274,13 +279,29 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
         }
     };
 
-    if raw.rules.len() >= MAX_RULES as usize {
+    let max_rules = match raw.max_rules {
+        None => DEFAULT_MAX_RULES,
+        Some(n) if (2..=MAX_RULES as u64).contains(&n) => n as u32,
+        Some(_) => {
+            problem(
+                "max_rules".into(),
+                format!("must be between 2 and {MAX_RULES}"),
+            );
+            DEFAULT_MAX_RULES
+        }
+    };
+    if raw.rules.len() >= max_rules as usize {
+        let hint = if max_rules < MAX_RULES {
+            format!(" (raise `max_rules`, up to {MAX_RULES})")
+        } else {
+            String::new()
+        };
         problem(
             "rules".into(),
             format!(
-                "{} rules; at most {} are supported",
+                "{} rules; max_rules {max_rules} has room for {}{hint}",
                 raw.rules.len(),
-                MAX_RULES - 1
+                max_rules - 1
             ),
         );
     }
@@ -420,6 +441,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
     Ok(Config {
         interface: raw.interface,
         max_sources,
+        max_rules,
         rules,
         allow,
         deny,
@@ -525,6 +547,45 @@ deny:
         assert_eq!(c.allow[2].0.prefix_len(), 32);
         assert_eq!(c.deny[0].ttl, Some(Duration::from_secs(3600)));
         assert_eq!(c.deny[1].ttl, None);
+    }
+
+    fn rules_yaml(header: &str, n: usize) -> String {
+        let rules: String = (1..=n)
+            .map(|i| {
+                format!("  - {{name: r{i}, protocol: udp, port: {i}, limit: 10, window: 1s}}\n")
+            })
+            .collect();
+        format!("{header}rules:\n{rules}")
+    }
+
+    #[test]
+    fn rule_count_is_bounded_by_max_rules() {
+        assert_eq!(
+            Config::from_yaml(GOOD).unwrap().max_rules,
+            DEFAULT_MAX_RULES
+        );
+        // The default has room for 1023 rules.
+        assert!(Config::from_yaml(&rules_yaml("", 1023)).is_ok());
+        let e = error_of(&rules_yaml("", 1024));
+        assert!(
+            e.contains("rules: 1024 rules; max_rules 1024 has room for 1023 (raise `max_rules`, up to 16384)"),
+            "{e}"
+        );
+        // 10k rules fit once max_rules says so; the largest max_rules holds 16383.
+        let c = Config::from_yaml(&rules_yaml("max_rules: 10001\n", 10_000)).unwrap();
+        assert_eq!((c.max_rules, c.rules.len()), (10_001, 10_000));
+        let e = error_of(&rules_yaml("max_rules: 16384\n", 16_384));
+        assert!(
+            e.contains("max_rules 16384 has room for 16383") && !e.contains("raise"),
+            "{e}"
+        );
+        for bad in ["0", "1", "16385"] {
+            let e = error_of(&format!("max_rules: {bad}\n"));
+            assert!(
+                e.contains("line 1, max_rules: must be between 2 and 16384"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

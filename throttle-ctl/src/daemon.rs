@@ -16,8 +16,7 @@ use std::{
 use anyhow::Context;
 use aya::programs::XdpMode;
 use throttle_common::{
-    names, window::estimate, Counters, OverQuotaEvent, ACL_ALLOW, ACL_DENY, MAX_CIDRS, MAX_RULES,
-    ORIGIN_API,
+    names, window::estimate, Counters, OverQuotaEvent, ACL_ALLOW, ACL_DENY, MAX_CIDRS, ORIGIN_API,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -140,6 +139,7 @@ async fn run(args: RunArgs, config: Config, iface: String) -> anyhow::Result<()>
     let pin_dir = (!args.no_pin).then(|| args.pin_dir.clone());
     let mut dataplane = Dataplane::load(LoadOptions {
         max_sources: config.max_sources,
+        max_rules: config.max_rules,
         test_clock: false,
         pin_dir: pin_dir.clone(),
     })
@@ -472,7 +472,7 @@ impl Control for Daemon {
                             MapOccupancy {
                                 name: "rules".into(),
                                 entries: rules,
-                                max_entries: MAX_RULES as u64 - 1,
+                                max_entries: dp.max_rules() as u64 - 1,
                             },
                             walked(names::ACL_V4, "acl_v4", MAX_CIDRS as u64)?,
                             walked(names::ACL_V6, "acl_v6", MAX_CIDRS as u64)?,
@@ -502,7 +502,7 @@ impl Control for Daemon {
     }
 
     fn rules(&self) -> Result<Vec<RuleView>, ControlError> {
-        let counters = self.with_dataplane(|dp| dp.counters(MAX_RULES - 1))?;
+        let counters = self.with_dataplane(|dp| dp.counters(dp.max_rules() - 1))?;
         let state = self.state.lock().map_err(internal)?;
         Ok(self.rule_views(&state, &counters))
     }
@@ -544,8 +544,9 @@ impl Control for Daemon {
     }
 
     fn stats(&self) -> Result<Stats, ControlError> {
-        let (counters, generation) =
-            self.with_dataplane(|dp| Ok((dp.counters(MAX_RULES - 1)?, dp.settings()?.generation)))?;
+        let (counters, generation) = self.with_dataplane(|dp| {
+            Ok((dp.counters(dp.max_rules() - 1)?, dp.settings()?.generation))
+        })?;
         let mut global = Counters::default();
         counters.iter().for_each(|c| global.add(c));
         let state = self.state.lock().map_err(internal)?;
@@ -722,6 +723,34 @@ impl Control for Daemon {
             warn!(
                 category = "config",
                 "the config names another interface; changing interfaces needs a restart"
+            );
+        }
+        // Table sizes are fixed at load: a config that needs more rule ids than the loaded
+        // program has is refused like any invalid config, the running rules stay.
+        let loaded = self.with_dataplane(|dp| Ok(dp.max_rules()))?;
+        if config.rules.len() >= loaded as usize {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            let problem = format!(
+                "rules: {} rules; the running program has room for {} (its max_rules {loaded} \
+                 changes only with a restart after `throttle-ctl detach`)",
+                config.rules.len(),
+                loaded - 1
+            );
+            warn!(
+                category = "config",
+                "reload rejected, the running rules stay: {problem}"
+            );
+            return Err(ControlError::InvalidConfig {
+                detail: format!("{}: 1 problem(s)", self.config_path.display()),
+                problems: vec![problem],
+            });
+        }
+        if config.max_rules != loaded {
+            warn!(
+                category = "config",
+                configured = config.max_rules,
+                loaded,
+                "max_rules changes only with a restart after `throttle-ctl detach`"
             );
         }
         let mut state = self.state.lock().map_err(internal)?;

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use throttle_common::{
     names, rule_index, rule_protocol, rule_slot_index, AclEntry, Counters, Rule, Settings,
     SourceKey, WindowState, ACL_ALLOW, ACL_DENY, ATTACH_DRIVER, ATTACH_SKB, MAX_RULES, ORIGIN_API,
-    ORIGIN_CONFIG, RULE_SLOTS, SCHEMA_VERSION,
+    ORIGIN_CONFIG, RULE_INDEX_ENTRIES, RULE_SLOTS, SCHEMA_VERSION,
 };
 use tracing::{info, warn};
 
@@ -65,8 +65,12 @@ pub enum DataplaneError {
     IncompatiblePins { dir: PathBuf, detail: String },
     #[error("unknown network interface {0}")]
     UnknownInterface(String),
-    #[error("no free rule id: the config has more rules than the data plane holds")]
-    NoRuleIds,
+    #[error(
+        "the config has {rules} rules; the loaded program has counters for {max_rules} rule ids, \
+         room for {} rules (`max_rules` of pinned maps stays until `throttle-ctl detach`)",
+        .max_rules - 1
+    )]
+    TooManyRules { rules: usize, max_rules: u32 },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -88,6 +92,8 @@ pub enum AttachMode {
 pub struct LoadOptions {
     /// Size of the per-(source, rule) LRU table.
     pub max_sources: u32,
+    /// Entries of the per-CPU counters array: rule ids are 1..max_rules.
+    pub max_rules: u32,
     /// Read time from `Settings::clock_override_ns` instead of the kernel clock (tests only).
     pub test_clock: bool,
     /// Pin maps and link here (on a bpffs), and adopt what an earlier daemon pinned, so
@@ -101,6 +107,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// Maps were taken over from pins left by an earlier daemon.
     adopted: bool,
+    /// Size of the loaded (or adopted) `COUNTERS`: rule ids are handed out below it.
+    max_rules: u32,
     /// An exclusive flock on the pin directory, held while loaded: two daemons on the same
     /// pins would overwrite each other's rule slots.
     _pin_lock: Option<std::fs::File>,
@@ -144,6 +152,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::SOURCES, opts.max_sources)
+            .map_max_entries(names::COUNTERS, opts.max_rules)
             .override_global(names::TEST_CLOCK, &test_clock, true);
         let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -160,9 +169,18 @@ impl Dataplane {
             test_clock: opts.test_clock,
             pin_dir: opts.pin_dir,
             adopted,
+            max_rules: opts.max_rules,
             _pin_lock: pin_lock,
         };
+        dp.max_rules = dp.map_info(names::COUNTERS)?.max_entries();
         if adopted {
+            if dp.max_rules != opts.max_rules {
+                warn!(
+                    pinned = dp.max_rules,
+                    configured = opts.max_rules,
+                    "max_rules differs from the pinned counters' size, which stays until `throttle-ctl detach`"
+                );
+            }
             let pinned = dp.map_info(names::SOURCES)?.max_entries();
             if pinned != opts.max_sources {
                 warn!(
@@ -185,6 +203,11 @@ impl Dataplane {
 
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
+    }
+
+    /// Rule ids this program has counters for (1..max_rules): room for `max_rules - 1` rules.
+    pub fn max_rules(&self) -> u32 {
+        self.max_rules
     }
 
     /// Kernel id of the loaded program.
@@ -357,13 +380,21 @@ impl Dataplane {
             .map(|r| (r.identity, r.id))
             .collect();
         let mut compiled = config.compile_rules();
+        let max_rules = self.max_rules;
+        if compiled.len() >= max_rules as usize {
+            return Err(DataplaneError::TooManyRules {
+                rules: compiled.len(),
+                max_rules,
+            });
+        }
         let mut taken: HashSet<u32> = compiled
             .iter()
             .filter_map(|r| live.get(&r.identity).copied())
             .collect();
         let live_ids: HashSet<u32> = live.values().copied().collect();
-        let mut next = settings.next_rule_id.clamp(1, MAX_RULES - 1);
+        let mut next = settings.next_rule_id.clamp(1, max_rules - 1);
         let mut fresh = Vec::new();
+        let compiled_len = compiled.len();
         for rule in &mut compiled {
             rule.id = match live.get(&rule.identity) {
                 Some(id) => *id,
@@ -371,16 +402,21 @@ impl Dataplane {
                     // Round-robin from `next`, avoiding ids live now (their windows are still
                     // keyed by them); when only those are left, one of a rule being removed.
                     let free = |avoid_live: bool| {
-                        (0..MAX_RULES - 1)
-                            .map(|k| (next - 1 + k) % (MAX_RULES - 1) + 1)
+                        (0..max_rules - 1)
+                            .map(|k| (next - 1 + k) % (max_rules - 1) + 1)
                             .find(|id| !(taken.contains(id) || avoid_live && live_ids.contains(id)))
                     };
-                    let id = free(true)
-                        .or_else(|| free(false))
-                        .ok_or(DataplaneError::NoRuleIds)?;
+                    // Some id is free: fewer rules than ids was checked above.
+                    let id =
+                        free(true)
+                            .or_else(|| free(false))
+                            .ok_or(DataplaneError::TooManyRules {
+                                rules: compiled_len,
+                                max_rules,
+                            })?;
                     taken.insert(id);
                     fresh.push(id);
-                    next = id % (MAX_RULES - 1) + 1;
+                    next = id % (max_rules - 1) + 1;
                     id
                 }
             };
@@ -467,7 +503,7 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing(names::RULES))?;
         let rules: Array<_, Rule> = Array::try_from(map).map_err(map_err(names::RULES))?;
         let mut out = Vec::new();
-        for id in 1..MAX_RULES {
+        for id in 1..self.max_rules {
             let rule = rules
                 .get(&rule_slot_index(slot, id), 0)
                 .map_err(map_err(names::RULES))?;
@@ -504,11 +540,12 @@ impl Dataplane {
 
     /// Empties a rule slot, using the rules it holds to find their index entries.
     fn clear_slot(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let max_rules = self.max_rules;
         let mut stale = Vec::new();
         {
             let rules: Array<_, Rule> =
                 Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-            for id in 1..MAX_RULES {
+            for id in 1..max_rules {
                 let rule = rules
                     .get(&rule_slot_index(slot, id), 0)
                     .map_err(map_err(names::RULES))?;
@@ -573,7 +610,7 @@ impl Dataplane {
     /// Sum of all counters, of every id: removed rules included, so totals never go back.
     pub fn totals(&self) -> Result<Counters, DataplaneError> {
         let mut sum = Counters::default();
-        self.counters(MAX_RULES - 1)?
+        self.counters(self.max_rules - 1)?
             .iter()
             .for_each(|c| sum.add(c));
         Ok(sum)
@@ -826,7 +863,8 @@ pub fn access_list(
 }
 
 /// Checks that the maps pinned in `dir` have this build's layout before taking them over:
-/// the key and value sizes of every map, and the schema version written in `SETTINGS`.
+/// the key and value sizes of every map, the sizes of the arrays the program indexes with
+/// constants, and the schema version written in `SETTINGS`.
 fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
     use std::mem::size_of;
     let incompatible = |detail: String| DataplaneError::IncompatiblePins {
@@ -846,6 +884,10 @@ fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
         (names::ACL_V4, 8, size_of::<AclEntry>()),
         (names::ACL_V6, 20, size_of::<AclEntry>()),
     ];
+    let fixed_sizes = [
+        (names::RULE_INDEX, RULE_INDEX_ENTRIES),
+        (names::RULES, RULE_SLOTS * MAX_RULES),
+    ];
     for (name, key, value) in expected {
         let path = dir.join(name);
         let info = aya::maps::MapInfo::from_pin(&path)
@@ -856,6 +898,14 @@ fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
                 info.key_size(),
                 info.value_size()
             )));
+        }
+        if let Some((_, entries)) = fixed_sizes.iter().find(|(n, _)| *n == name) {
+            if info.max_entries() != *entries {
+                return Err(incompatible(format!(
+                    "{name} has {} entries, this build expects {entries}",
+                    info.max_entries()
+                )));
+            }
         }
     }
     let data = aya::maps::MapData::from_pin(dir.join(names::SETTINGS))

@@ -24,7 +24,7 @@ use parse::{Family, Headers, Parsed, Transport};
 use throttle_common::{
     admit, refuse, rule_index, rule_protocol, rule_slot_index, AclEntry, Action, Counters,
     EventBudget, OverQuotaEvent, Rule, Settings, SourceKey, Unit, WindowState, ACL_ALLOW,
-    ACL_DENY, ANY_PORT, DEFAULT_MAX_SOURCES, EVENTS_PER_SECOND_PER_CPU, MAX_CIDRS, MAX_RULES,
+    ACL_DENY, ANY_PORT, DEFAULT_MAX_RULES, DEFAULT_MAX_SOURCES, EVENTS_PER_SECOND_PER_CPU, MAX_CIDRS, MAX_RULES,
     RULE_INDEX_ENTRIES, RULE_SLOTS,
 };
 
@@ -44,8 +44,10 @@ static RULES: Array<Rule> = Array::with_max_entries(RULE_SLOTS * MAX_RULES, 0);
 #[map]
 static SOURCES: LruHashMap<SourceKey, WindowState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+/// Sized by the controller at load time (`max_rules`): per-CPU memory grows with it. Ids past
+/// its end find no entry and go uncounted, never out of bounds.
 #[map]
-static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_RULES, 0);
 /// Allowlist and denylist in one trie per family: one longest-prefix lookup per packet.
 /// Twice the configurable entries: a reload writes the new set before removing the old one.
 #[map]
