@@ -1,6 +1,7 @@
-//! The flood benchmark: trafgen floods a receiver namespace over veth, and the CPU time the
-//! machine spends per packet is compared between no filter, throttle's XDP program, an
-//! nftables per-source meter and iptables hashlimit: same flood, same packet count.
+//! The flood benchmark: trafgen floods a receiver namespace over veth, and the CPU time spent
+//! per packet (by the receiver, and by the whole machine) is compared between no filter,
+//! throttle's XDP program, an nftables per-source meter and iptables hashlimit: same flood,
+//! same packet count.
 
 use std::{
     path::Path,
@@ -58,8 +59,16 @@ impl Sources {
     }
 }
 
-/// CPU time used by the whole machine (all CPUs, busy states), in ns.
-fn busy_cpu_ns() -> Result<u64> {
+/// CPU time of the whole machine (all CPUs), in ns: all busy states, and softirq alone.
+#[derive(Clone, Copy, Debug)]
+struct CpuTime {
+    busy: u64,
+    /// Time in softirq: where the receiver's stack runs (veth NAPI with the XDP program, or
+    /// the backlog with netfilter), not the sender's system time in trafgen.
+    softirq: u64,
+}
+
+fn cpu_time() -> Result<CpuTime> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let fields: Vec<u64> = stat
         .lines()
@@ -69,11 +78,29 @@ fn busy_cpu_ns() -> Result<u64> {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
+    if fields.len() < 7 {
+        bail!(
+            "/proc/stat has {} cpu fields, expected at least 7",
+            fields.len()
+        );
+    }
     // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
     let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(busy * 1_000_000_000 / tick)
+    Ok(CpuTime {
+        busy: busy * 1_000_000_000 / tick,
+        softirq: fields[6] * 1_000_000_000 / tick,
+    })
+}
+
+/// CPU per packet of one flood.
+#[derive(Clone, Copy, Debug)]
+pub struct FloodCost {
+    /// Receiver side: softirq time per packet.
+    pub receiver_ns: f64,
+    /// Whole machine, sender included.
+    pub machine_ns: f64,
 }
 
 fn sh(args: &[&str], input: Option<&str>) -> Result<()> {
@@ -194,14 +221,13 @@ fn set_up(lab: &mut Lab, filter: Filter) -> Result<Option<Daemon>> {
 }
 
 /// Floods a fresh lab filtered by `filter` with `packets` frames from `sources`; returns the
-/// machine's CPU ns per packet (sender, veth and receiver together: the same flood costs the
-/// sender the same under every filter, so differences are the receiver's).
+/// CPU per packet of the receiver (softirq) and of the whole machine (sender included).
 pub fn cpu_ns_per_packet(
     filter: Filter,
     sources: Sources,
     packets: u64,
     work: &Path,
-) -> Result<f64> {
+) -> Result<FloodCost> {
     let mut lab = Lab::new("fl", 1, &[])?;
     let daemon = set_up(&mut lab, filter)?;
     let out = lab.ip(&lab.receiver, &["-br", "link", "show", &lab.receiver_if])?;
@@ -231,9 +257,9 @@ pub fn cpu_ns_per_packet(
     // trafgen now and then gives up on a full TX ring ("Flushing TX_RING failed"): run again.
     let mut attempt = 0;
     let (before, after) = loop {
-        let before = busy_cpu_ns()?;
+        let before = cpu_time()?;
         match sh(&trafgen, None) {
-            Ok(()) => break (before, busy_cpu_ns()?),
+            Ok(()) => break (before, cpu_time()?),
             Err(e) if attempt < 2 => {
                 eprintln!("flood: trafgen failed ({e}), again");
                 attempt += 1;
@@ -252,5 +278,8 @@ pub fn cpu_ns_per_packet(
     }
     drop(daemon);
     drop(lab);
-    Ok((after - before) as f64 / packets as f64)
+    Ok(FloodCost {
+        receiver_ns: (after.softirq - before.softirq) as f64 / packets as f64,
+        machine_ns: (after.busy - before.busy) as f64 / packets as f64,
+    })
 }

@@ -1,10 +1,12 @@
 //! Helpers for throttle's kernel and end-to-end test tiers: packet crafting, privilege checks,
 //! and network namespaces that clean up after themselves.
 
+pub mod chart;
 pub mod daemon;
 pub mod flood;
 pub mod netns;
 pub mod packet;
+pub mod reload;
 pub mod traffic;
 
 /// True when the test may run. Root-only tests call this first: without root they print why

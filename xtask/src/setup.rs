@@ -26,6 +26,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "iptables",
     // promtool, which checks the metrics exposition in the host tier.
     "prometheus",
+    // The font of the benchmark chart.
+    "fonts-dejavu-core",
 ];
 /// Debian's rustc (from rustc-web): the rustup toolchain has no core for the bpf targets.
 pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";

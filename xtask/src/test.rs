@@ -58,6 +58,8 @@ impl Tier {
                 &[
                     "-p",
                     "throttle-tests",
+                    // The helpers' own tests (packet builders, the benchmark chart).
+                    "--lib",
                     "--test",
                     "kernel",
                     "--test",
@@ -76,6 +78,8 @@ impl Tier {
                     "daemon",
                     "--test",
                     "churn",
+                    "--test",
+                    "reload",
                 ],
                 &["--test-threads=1", "--nocapture"],
             ),
@@ -283,6 +287,7 @@ mod tests {
                 "test",
                 "-p",
                 "throttle-tests",
+                "--lib",
                 "--test",
                 "kernel",
                 "--test",

@@ -26,6 +26,14 @@ const REPEAT: u32 = 1_000_000;
 const NEW_SOURCES: u32 = 200_000;
 /// Rounds, interleaved; the median is reported.
 const ROUNDS: usize = 5;
+/// Rule-set sizes of the apply and reload figures.
+const RULE_COUNTS: [usize; 4] = [10, 100, 1000, 10_000];
+/// Reloads timed per rule-set size.
+const RELOAD_ROUNDS: usize = 7;
+/// Frames per flood, and floods per filter and source set (the softirq figure is sampled
+/// at the tick: more frames, less noise).
+const FLOOD_PACKETS: u64 = 4_000_000;
+const FLOOD_RUNS: usize = 5;
 
 /// Every path below also consults the allow and deny tries, as a production config would.
 const CONFIG: &str = "
@@ -117,6 +125,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let config = Config::from_yaml(CONFIG)?;
     let mut dp = Dataplane::load(LoadOptions {
         max_sources: NEW_SOURCES * 2,
+        max_rules: throttle_common::DEFAULT_MAX_RULES,
         test_clock: false,
         pin_dir: None,
     })?;
@@ -133,6 +142,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let no_acl_config = Config::from_yaml(&CONFIG[..CONFIG.find("allow:").expect("allow list")])?;
     let mut dp_no_acl = Dataplane::load(LoadOptions {
         max_sources: 1024,
+        max_rules: throttle_common::DEFAULT_MAX_RULES,
         test_clock: false,
         pin_dir: None,
     })?;
@@ -140,6 +150,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let throttle_no_acl = dp_no_acl.program()?;
     let mut dp_fixed_clock = Dataplane::load(LoadOptions {
         max_sources: 1024,
+        max_rules: throttle_common::DEFAULT_MAX_RULES,
         test_clock: true,
         pin_dir: None,
     })?;
@@ -298,22 +309,18 @@ fn memory_per_source(dp: &Dataplane) -> Result<Measurement> {
     })
 }
 
-/// Time to apply a rule set of 10, 100 and 1000 rules (everything up to the slot switch, after
-/// which packets see the new set), against the 10-rule apply.
+/// Time to apply a rule set of 10, 100, 1000 and 10000 rules (everything up to the slot
+/// switch, after which packets see the new set), against the 10-rule apply.
 fn apply_latency() -> Result<Vec<Measurement>> {
     let mut dp = Dataplane::load(LoadOptions {
         max_sources: 1024,
+        max_rules: throttle_common::MAX_RULES,
         test_clock: false,
         pin_dir: None,
     })?;
     let mut timings = Vec::new();
-    for n in [10usize, 100, 1000] {
-        let rules: String = (1..=n)
-            .map(|i| {
-                format!("  - {{name: r{i}, protocol: udp, port: {i}, limit: 100, window: 1s}}\n")
-            })
-            .collect();
-        let config = Config::from_yaml(&format!("rules:\n{rules}"))?;
+    for n in RULE_COUNTS {
+        let config = Config::from_yaml(&throttle_tests::reload::rules_yaml(n, None))?;
         let mut runs = Vec::new();
         for _ in 0..ROUNDS {
             let start = std::time::Instant::now();
@@ -322,17 +329,13 @@ fn apply_latency() -> Result<Vec<Measurement>> {
         }
         timings.push(median(runs));
     }
-    let names = ["apply_10_rules", "apply_100_rules", "apply_1000_rules"];
-    let whats = [
-        "rule-set apply, 10 rules",
-        "rule-set apply, 100 rules",
-        "rule-set apply, 1000 rules",
-    ];
-    Ok((0..3)
-        .map(|i| Measurement {
-            name: names[i],
-            what: whats[i],
-            value: timings[i],
+    Ok(RULE_COUNTS
+        .iter()
+        .zip(&timings)
+        .map(|(n, ms)| Measurement {
+            name: leak(format!("apply_{n}_rules")),
+            what: leak(format!("rule-set apply, {n} rules")),
+            value: *ms,
             unit: "ms",
             baseline_name: "apply_10_rules",
             baseline: timings[0],
@@ -353,6 +356,7 @@ fn write_outputs(results: &[Measurement], docs: &Path, suite: &str, method: &str
         all.push(serde_json::json!({
             "suite": suite,
             "name": m.name,
+            "what": m.what,
             "value": (m.value * 100.0).round() / 100.0,
             "unit": m.unit,
             "baseline": (m.baseline * 100.0).round() / 100.0,
@@ -362,6 +366,8 @@ fn write_outputs(results: &[Measurement], docs: &Path, suite: &str, method: &str
     }
     std::fs::create_dir_all(docs.join("bench"))?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
+    let chart_path = docs.join("bench/chart.png");
+    throttle_tests::chart::draw(&all, &chart_path)?;
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -405,52 +411,102 @@ fn write_outputs(results: &[Measurement], docs: &Path, suite: &str, method: &str
     };
     let updated = format!("{}{start}\n{table}{}", &md[..a], &md[b..]);
     std::fs::write(&md_path, updated)?;
-    eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+    eprintln!(
+        "wrote {}, {} and {}",
+        json_path.display(),
+        chart_path.display(),
+        md_path.display()
+    );
     Ok(())
 }
 
-/// The flood suite: CPU per packet under each filter, against no filter, for both source sets.
+/// The flood suite: CPU per packet under each filter, against no filter, for both source sets:
+/// the receiver's (softirq) time, then the whole machine's.
 fn run_flood() -> Result<Vec<Measurement>> {
     use throttle_tests::flood::{cpu_ns_per_packet, Filter, Sources};
-    const PACKETS: u64 = 2_000_000;
-    const RUNS: usize = 3;
     let work = std::env::temp_dir().join(format!("throttle-flood-{}", std::process::id()));
-    let mut results = Vec::new();
+    let mut receiver = Vec::new();
+    let mut machine = Vec::new();
     for sources in [Sources::V4Thousand, Sources::V6Million] {
         let mut per_filter = Vec::new();
         for filter in Filter::ALL {
             let mut runs = Vec::new();
-            for run in 0..RUNS {
+            for run in 0..FLOOD_RUNS {
                 eprintln!(
-                    "flood: {}, {}, run {}/{RUNS}",
+                    "flood: {}, {}, run {}/{FLOOD_RUNS}",
                     sources.label(),
                     filter.label(),
                     run + 1
                 );
-                runs.push(cpu_ns_per_packet(filter, sources, PACKETS, &work)?);
+                runs.push(cpu_ns_per_packet(filter, sources, FLOOD_PACKETS, &work)?);
             }
-            per_filter.push((filter, median(runs)));
+            let receiver_ns = median(runs.iter().map(|r| r.receiver_ns).collect());
+            let machine_ns = median(runs.iter().map(|r| r.machine_ns).collect());
+            per_filter.push((filter, receiver_ns, machine_ns));
         }
-        let baseline = per_filter[0].1;
-        for (filter, value) in per_filter {
-            let name: &'static str = Box::leak(
-                format!("flood_{:?}_{:?}", sources, filter)
-                    .to_lowercase()
-                    .into_boxed_str(),
-            );
-            let what: &'static str =
-                Box::leak(format!("{}, {}", sources.label(), filter.label()).into_boxed_str());
-            results.push(Measurement {
-                name,
-                what,
-                value,
+        let (receiver_base, machine_base) = (per_filter[0].1, per_filter[0].2);
+        for (filter, receiver_ns, machine_ns) in per_filter {
+            let name = format!("flood_{:?}_{:?}", sources, filter).to_lowercase();
+            receiver.push(Measurement {
+                name: leak(format!("{name}_receiver")),
+                what: leak(format!("{}, {}: receiver", sources.label(), filter.label())),
+                value: receiver_ns,
                 unit: "ns/packet",
                 baseline_name: "no filter",
-                baseline,
+                baseline: receiver_base,
+            });
+            machine.push(Measurement {
+                name: leak(format!("{name}_machine")),
+                what: leak(format!(
+                    "{}, {}: whole machine",
+                    sources.label(),
+                    filter.label()
+                )),
+                value: machine_ns,
+                unit: "ns/packet",
+                baseline_name: "no filter",
+                baseline: machine_base,
             });
         }
     }
+    receiver.extend(machine);
+    Ok(receiver)
+}
+
+/// The reload suite: from `throttle-ctl reload` to the new limit seen in traffic, and to the
+/// command's exit, for each rule count, against the 10-rule figures.
+fn run_reload() -> Result<Vec<Measurement>> {
+    use throttle_tests::reload::measure;
+    let mut enforced = Vec::new();
+    let mut command = Vec::new();
+    for n in RULE_COUNTS {
+        eprintln!("reload: {n} rules, {RELOAD_ROUNDS} reloads");
+        let runs = measure(n, RELOAD_ROUNDS)?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        enforced.push((n, median(runs.iter().map(|r| ms(r.enforced)).collect())));
+        command.push((n, median(runs.iter().map(|r| ms(r.command)).collect())));
+    }
+    let rows = |figures: &[(usize, f64)], key: &str, what: &str| -> Vec<Measurement> {
+        figures
+            .iter()
+            .map(|(n, value)| Measurement {
+                name: leak(format!("reload_{n}_rules_{key}")),
+                what: leak(format!("{n} rules: {what}")),
+                value: *value,
+                unit: "ms",
+                baseline_name: leak(format!("10 rules, {key}")),
+                baseline: figures[0].1,
+            })
+            .collect()
+    };
+    let mut results = rows(&enforced, "enforced", "reload to new limit seen in traffic");
+    results.extend(rows(&command, "command", "reload command returned"));
     Ok(results)
+}
+
+/// Names built at run time live as long as the run.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 fn main() -> Result<()> {
@@ -461,8 +517,20 @@ fn main() -> Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs"),
         ),
         [suite, docs] => (suite.as_str(), PathBuf::from(docs)),
-        _ => bail!("usage: throttle-bench xdp|flood [DOCS_DIR]"),
+        _ => bail!("usage: throttle-bench xdp|flood|reload|chart [DOCS_DIR]"),
     };
+    if suite == "chart" {
+        // Redraws the chart from the figures already in latest.json.
+        let json_path = docs.join("bench/latest.json");
+        let text = std::fs::read_to_string(&json_path)
+            .with_context(|| format!("reading {}", json_path.display()))?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", json_path.display()))?;
+        let out = docs.join("bench/chart.png");
+        throttle_tests::chart::draw(&rows, &out)?;
+        eprintln!("wrote {}", out.display());
+        return Ok(());
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("throttle-bench needs root (BPF, network namespaces)");
@@ -474,14 +542,25 @@ fn main() -> Result<()> {
             );
             write_outputs(&run_xdp()?, &docs, "xdp", &method)
         }
-        "flood" => write_outputs(
-            &run_flood()?,
-            &docs,
-            "flood",
-            "trafgen sends 2,000,000 UDP frames over veth into the receiver namespace; the figure is the \
-             whole machine's busy CPU time (/proc/stat) per frame, sender included (the same under every \
-             filter), median of 3 runs; limit 100 packets/s per source under every filter.",
-        ),
-        other => bail!("unknown suite `{other}`; available: xdp, flood"),
+        "flood" => {
+            let method = format!(
+                "trafgen sends {FLOOD_PACKETS} UDP frames over veth into the receiver namespace, \
+                 limit 100 packets/s per source under every filter; median of {FLOOD_RUNS} runs. \
+                 receiver: softirq CPU time per frame (/proc/stat, where the receiver's XDP program or \
+                 netfilter and stack run); whole machine: all busy CPU time per frame, trafgen's included."
+            );
+            write_outputs(&run_flood()?, &docs, "flood", &method)
+        }
+        "reload" => {
+            let method = format!(
+                "A daemon (release build) in a namespace lab with N rules; a UDP stream, one datagram \
+                 every {} µs, is held back by a rule of limit 1; the config is rewritten with a high limit \
+                 and the time from starting `throttle-ctl reload` to the first datagram at the receiver \
+                 is taken (resolution: the stream's gap); median of {RELOAD_ROUNDS} reloads.",
+                throttle_tests::reload::STREAM_GAP.as_micros()
+            );
+            write_outputs(&run_reload()?, &docs, "reload", &method)
+        }
+        other => bail!("unknown suite `{other}`; available: xdp, flood, reload"),
     }
 }
