@@ -242,6 +242,27 @@ fn reload_under_traffic_changes_limits_and_rejects_bad_configs() {
         daemon.json::<Vec<RuleView>>(&["rules"]).unwrap()[0].limit,
         200
     );
+
+    // A config that needs more rule ids than the running program was loaded with (its
+    // max_rules is fixed at load) is refused like an invalid one; the rules stay.
+    let many: String = (1..=1024)
+        .map(|i| {
+            format!(
+                "  - {{name: r{i}, protocol: udp, port: {}, limit: 5, window: 1s}}\n",
+                10_000 + i
+            )
+        })
+        .collect();
+    std::fs::write(&daemon.config, format!("max_rules: 2048\nrules:\n{many}")).unwrap();
+    let out = daemon.ctl(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1024 rules; the running program has room for 1023"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.json::<Status>(&["status"]).unwrap().generation, 3);
+    assert_eq!(daemon.json::<Vec<RuleView>>(&["rules"]).unwrap().len(), 1);
 }
 
 #[test]

@@ -109,6 +109,10 @@ pub struct Dataplane {
     adopted: bool,
     /// Size of the loaded (or adopted) `COUNTERS`: rule ids are handed out below it.
     max_rules: u32,
+    /// The rules written in each slot, as `RULES` holds them. This process is their only
+    /// writer (the pin lock), so an apply need not read `max_rules` entries twice to find
+    /// them. None after a failed write: the next apply reads the map again.
+    slot_rules: Option<[Vec<Rule>; 2]>,
     /// An exclusive flock on the pin directory, held while loaded: two daemons on the same
     /// pins would overwrite each other's rule slots.
     _pin_lock: Option<std::fs::File>,
@@ -170,6 +174,7 @@ impl Dataplane {
             pin_dir: opts.pin_dir,
             adopted,
             max_rules: opts.max_rules,
+            slot_rules: None,
             _pin_lock: pin_lock,
         };
         dp.max_rules = dp.map_info(names::COUNTERS)?.max_entries();
@@ -192,6 +197,7 @@ impl Dataplane {
             info!(pin_dir = ?dp.pin_dir, generation = dp.settings()?.generation, "adopted pinned maps");
         } else {
             dp.write_settings(|s| s.schema_version = SCHEMA_VERSION)?;
+            dp.slot_rules = Some([Vec::new(), Vec::new()]);
         }
         Ok(dp)
     }
@@ -374,9 +380,12 @@ impl Dataplane {
     ) -> Result<Applied, DataplaneError> {
         let settings = self.settings()?;
         let new_slot = (settings.active_slot + 1) % RULE_SLOTS;
-        let live: StdHashMap<u64, u32> = self
-            .active_rules()?
-            .into_iter()
+        let mut slots = match self.slot_rules.take() {
+            Some(slots) => slots,
+            None => [self.read_slot(0)?, self.read_slot(1)?],
+        };
+        let live: StdHashMap<u64, u32> = slots[(settings.active_slot & 1) as usize]
+            .iter()
             .map(|r| (r.identity, r.id))
             .collect();
         let mut compiled = config.compile_rules();
@@ -422,7 +431,7 @@ impl Dataplane {
             };
         }
         self.zero_counters(&fresh)?;
-        self.clear_slot(new_slot)?;
+        self.clear_slot(new_slot, &slots[new_slot as usize])?;
         {
             let mut rules: Array<_, Rule> =
                 Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
@@ -443,6 +452,8 @@ impl Dataplane {
                     .map_err(map_err(names::RULE_INDEX))?;
             }
         }
+        slots[new_slot as usize] = compiled.clone();
+        self.slot_rules = Some(slots);
 
         let acl = self.apply_access_list(config, runtime)?;
 
@@ -497,6 +508,14 @@ impl Dataplane {
     /// The rules of the active slot.
     pub fn active_rules(&self) -> Result<Vec<Rule>, DataplaneError> {
         let slot = self.settings()?.active_slot;
+        match &self.slot_rules {
+            Some(slots) => Ok(slots[(slot & 1) as usize].clone()),
+            None => self.read_slot(slot),
+        }
+    }
+
+    /// The rules `RULES` holds in `slot`, read from the map.
+    fn read_slot(&self, slot: u32) -> Result<Vec<Rule>, DataplaneError> {
         let map = self
             .ebpf
             .map(names::RULES)
@@ -507,7 +526,7 @@ impl Dataplane {
             let rule = rules
                 .get(&rule_slot_index(slot, id), 0)
                 .map_err(map_err(names::RULES))?;
-            if rule.limit != 0 {
+            if rule != Rule::default() {
                 out.push(rule);
             }
         }
@@ -538,26 +557,13 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Empties a rule slot, using the rules it holds to find their index entries.
-    fn clear_slot(&mut self, slot: u32) -> Result<(), DataplaneError> {
-        let max_rules = self.max_rules;
-        let mut stale = Vec::new();
-        {
-            let rules: Array<_, Rule> =
-                Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-            for id in 1..max_rules {
-                let rule = rules
-                    .get(&rule_slot_index(slot, id), 0)
-                    .map_err(map_err(names::RULES))?;
-                if rule != Rule::default() {
-                    stale.push((id, rule));
-                }
-            }
-        }
+    /// Empties a rule slot: the entries of `stale`, the rules it holds, and their index
+    /// entries.
+    fn clear_slot(&mut self, slot: u32, stale: &[Rule]) -> Result<(), DataplaneError> {
         {
             let mut index: Array<_, u16> = Array::try_from(self.map(names::RULE_INDEX)?)
                 .map_err(map_err(names::RULE_INDEX))?;
-            for (_, rule) in &stale {
+            for rule in stale {
                 if let Some(protocol) = rule_protocol(rule.proto) {
                     index
                         .set(rule_index(slot, protocol, rule.port), 0, 0)
@@ -567,9 +573,9 @@ impl Dataplane {
         }
         let mut rules: Array<_, Rule> =
             Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-        for (id, _) in stale {
+        for rule in stale {
             rules
-                .set(rule_slot_index(slot, id), Rule::default(), 0)
+                .set(rule_slot_index(slot, rule.id), Rule::default(), 0)
                 .map_err(map_err(names::RULES))?;
         }
         Ok(())
