@@ -16,14 +16,19 @@ use crate::{daemon::Daemon, netns::Lab};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     None,
+    /// A bare XDP_PASS program: what native XDP on veth costs before any decision (veth
+    /// turns each frame into an xdp_buff, copying it when it lacks XDP's headroom, and builds
+    /// an skb again for what passes), so throttle's own share can be told apart.
+    BareXdp,
     Throttle,
     Nftables,
     Iptables,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 4] = [
+    pub const ALL: [Filter; 5] = [
         Filter::None,
+        Filter::BareXdp,
         Filter::Throttle,
         Filter::Nftables,
         Filter::Iptables,
@@ -32,6 +37,7 @@ impl Filter {
     pub fn label(self) -> &'static str {
         match self {
             Filter::None => "no filter",
+            Filter::BareXdp => "bare XDP_PASS program",
             Filter::Throttle => "throttle (XDP)",
             Filter::Nftables => "nftables meter",
             Filter::Iptables => "iptables hashlimit",
@@ -158,17 +164,113 @@ fn trafgen_config(receiver_mac: &str, sources: Sources) -> String {
     }
 }
 
-/// Sets `filter` up in the lab's receiver (a daemon for throttle, rules for the others).
-fn set_up(lab: &mut Lab, filter: Filter) -> Result<Option<Daemon>> {
+/// Datagrams that reached UDP in the receiver and found no socket (the flood's port has
+/// none): what the filter let through, IPv4 and IPv6 together.
+fn udp_no_ports(lab: &Lab) -> Result<u64> {
+    let read = |file: &str| lab_cat(lab, file);
+    let snmp = read("/proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next(), udp.next());
+    let v4 = names
+        .zip(values)
+        .and_then(|(n, v)| {
+            let i = n.split_whitespace().position(|f| f == "NoPorts")?;
+            v.split_whitespace().nth(i)?.parse::<u64>().ok()
+        })
+        .context("no Udp NoPorts in /proc/net/snmp")?;
+    let v6 = read("/proc/net/snmp6")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6NoPorts"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .context("no Udp6NoPorts in /proc/net/snmp6")?;
+    Ok(v4 + v6)
+}
+
+fn lab_cat(lab: &Lab, file: &str) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.receiver, "cat", file])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("reading {file} in {}", lab.receiver))?;
+    if !out.status.success() {
+        bail!("reading {file} in {}: {:?}", lab.receiver, out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What keeps a filter in place while the flood runs.
+enum Running {
+    Nothing,
+    Daemon(Daemon),
+    /// The thread holding the attached program; it detaches when told to stop.
+    Xdp(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+}
+
+/// The bare programs built beside throttle's by `cargo xtask build-ebpf` (or
+/// THROTTLE_BASELINE_OBJECT).
+pub fn baseline_object() -> std::path::PathBuf {
+    std::env::var_os("THROTTLE_BASELINE_OBJECT")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/ebpf/bpfel-unknown-none/release/baseline")
+        })
+}
+
+/// Attaches the bare XDP_PASS program to the receiver's interface, in native mode like
+/// throttle, from a thread inside the receiver namespace.
+fn attach_bare_xdp(lab: &Lab) -> Result<Running> {
+    use aya::programs::{Xdp, XdpMode};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (iface, object) = (lab.receiver_if.clone(), baseline_object());
+    let thread = Lab::in_ns(&lab.receiver, move || {
+        let attached = (|| -> Result<aya::Ebpf> {
+            let mut ebpf = aya::Ebpf::load_file(&object)
+                .with_context(|| format!("loading {}", object.display()))?;
+            let program: &mut Xdp = ebpf
+                .program_mut("xdp_pass")
+                .context("no xdp_pass in the baseline object")?
+                .try_into()?;
+            program.load()?;
+            program.attach(&iface, XdpMode::Driver)?;
+            Ok(ebpf)
+        })();
+        match attached {
+            Ok(ebpf) => {
+                let _ = ready_tx.send(Ok(()));
+                let _ = stop_rx.recv();
+                drop(ebpf);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        }
+    });
+    ready_rx
+        .recv()
+        .context("the XDP thread ended before attaching")??;
+    Ok(Running::Xdp(stop_tx, thread))
+}
+
+/// Sets `filter` up in the lab's receiver (a daemon for throttle, a program or rules for
+/// the others).
+fn set_up(lab: &mut Lab, filter: Filter) -> Result<Running> {
     let ns = lab.receiver.clone();
     let rate = LIMIT_PER_SECOND;
     match filter {
-        Filter::None => Ok(None),
+        Filter::None => Ok(Running::Nothing),
+        Filter::BareXdp => attach_bare_xdp(lab),
         Filter::Throttle => {
             let config = format!(
                 "max_sources: 2097152\nrules:\n  - {{name: flood, protocol: udp, port: {PORT}, limit: {rate}, window: 1s}}\n"
             );
-            Ok(Some(Daemon::start(lab, "flood", &config, &["--no-pin"])?))
+            Ok(Running::Daemon(Daemon::start(
+                lab,
+                "flood",
+                &config,
+                &["--no-pin"],
+            )?))
         }
         Filter::Nftables => {
             let ruleset = format!(
@@ -180,7 +282,7 @@ fn set_up(lab: &mut Lab, filter: Filter) -> Result<Option<Daemon>> {
                 &["ip", "netns", "exec", &ns, "nft", "-f", "-"],
                 Some(&ruleset),
             )?;
-            Ok(None)
+            Ok(Running::Nothing)
         }
         Filter::Iptables => {
             for tool in ["iptables", "ip6tables"] {
@@ -215,7 +317,7 @@ fn set_up(lab: &mut Lab, filter: Filter) -> Result<Option<Daemon>> {
                     None,
                 )?;
             }
-            Ok(None)
+            Ok(Running::Nothing)
         }
     }
 }
@@ -229,7 +331,7 @@ pub fn cpu_ns_per_packet(
     work: &Path,
 ) -> Result<FloodCost> {
     let mut lab = Lab::new("fl", 1, &[])?;
-    let daemon = set_up(&mut lab, filter)?;
+    let running = set_up(&mut lab, filter)?;
     let out = lab.ip(&lab.receiver, &["-br", "link", "show", &lab.receiver_if])?;
     let mac = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -267,8 +369,8 @@ pub fn cpu_ns_per_packet(
             Err(e) => return Err(e),
         }
     };
-    if let Some(d) = &daemon {
-        // The program really saw the flood (from 1M sources each sends about 2 frames, all
+    if let Running::Daemon(d) = &running {
+        // The program really saw the flood (from 1M sources each sends about 4 frames, all
         // within quota: what is measured there is tracking a million sources).
         let stats: throttle_ctl::control::Stats = d.json(&["stats"])?;
         let seen = stats.global.passed + stats.global.dropped;
@@ -276,7 +378,27 @@ pub fn cpu_ns_per_packet(
             bail!("throttle saw only {seen} of {packets} frames");
         }
     }
-    drop(daemon);
+    // Every filter really filtered, or really let through: a meter that silently matched
+    // nothing would make its row look cheap.
+    let delivered = udp_no_ports(&lab)?;
+    let limiting = !matches!(filter, Filter::None | Filter::BareXdp);
+    match sources {
+        Sources::V4Thousand if limiting && delivered > packets / 2 => bail!(
+            "{} let {delivered} of {packets} frames through at {LIMIT_PER_SECOND}/s per source",
+            filter.label()
+        ),
+        _ if !limiting && delivered < packets / 2 => bail!(
+            "only {delivered} of {packets} frames reached UDP under {}",
+            filter.label()
+        ),
+        _ => {}
+    }
+    if let Running::Xdp(stop, thread) = running {
+        let _ = stop.send(());
+        let _ = thread.join();
+    } else {
+        drop(running);
+    }
     drop(lab);
     Ok(FloodCost {
         receiver_ns: (after.softirq - before.softirq) as f64 / packets as f64,

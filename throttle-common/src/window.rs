@@ -68,6 +68,20 @@ impl WindowState {
             reported_start_ns: 0,
         }
     }
+
+    /// State of a source first seen at `now` whose first `cost` units are admitted: what
+    /// [`admit`] makes of [`WindowState::new`], for `cost <= limit` (a fresh window's
+    /// estimate is 0). Lets the kernel insert a new source already counted, without looking
+    /// it up again; returns None when `cost` does not fit `limit`.
+    #[inline(always)]
+    pub const fn admitted(now: u64, cost: u64, limit: u64) -> Option<Self> {
+        if cost > limit {
+            return None;
+        }
+        let mut state = Self::new(now);
+        state.curr = cost;
+        Some(state)
+    }
 }
 
 /// Counts a refusal of `cost` units; returns true if it is the first in the current window
@@ -264,6 +278,19 @@ mod tests {
         assert_eq!(admitted, 10);
         assert_eq!(s.start_ns, 5 * W);
         assert_eq!(s.prev, 0);
+    }
+
+    #[test]
+    fn a_new_source_admitted_on_insert_is_what_admit_makes_of_it() {
+        for (cost, limit) in [(1, 1), (1, 10), (1500, 100_000), (100, 100), (101, 100)] {
+            let mut s = WindowState::new(7);
+            let admitted = unsafe { admit(&mut s, 7, WINDOW, limit, cost) };
+            assert_eq!(
+                WindowState::admitted(7, cost, limit),
+                admitted.then_some(s),
+                "cost {cost}, limit {limit}"
+            );
+        }
     }
 
     #[test]

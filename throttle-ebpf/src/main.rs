@@ -133,8 +133,15 @@ fn decide(ctx: &XdpContext, h: &Headers, len: u64) -> u32 {
     let state = match SOURCES.get_ptr_mut(&source) {
         Some(s) => s,
         None => {
-            // Another CPU may insert the same source first; then ours fails and we use theirs.
-            if SOURCES.insert(&source, &WindowState::new(now), BPF_NOEXIST as u64).is_ok() {
+            // A new source whose first units fit is inserted already counted: no second
+            // lookup. Another CPU may insert the same source first; then ours fails and the
+            // packet goes through theirs.
+            let first = WindowState::admitted(now, cost, rule.limit);
+            let fresh = first.unwrap_or(WindowState::new(now));
+            if SOURCES.insert(&source, &fresh, BPF_NOEXIST as u64).is_ok() {
+                if first.is_some() {
+                    return pass(id, len, |c| c.new_sources += 1);
+                }
                 bump(id, |c| c.new_sources += 1);
             }
             match SOURCES.get_ptr_mut(&source) {

@@ -80,6 +80,8 @@ impl Tier {
                     "churn",
                     "--test",
                     "reload",
+                    "--test",
+                    "flood",
                 ],
                 &["--test-threads=1", "--nocapture"],
             ),

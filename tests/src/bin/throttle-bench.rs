@@ -94,12 +94,7 @@ fn udp(src: [u8; 4], port: u16) -> Vec<u8> {
 }
 
 fn run_xdp() -> Result<Vec<Measurement>> {
-    let baseline_path = std::env::var_os("THROTTLE_BASELINE_OBJECT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/ebpf/bpfel-unknown-none/release/baseline")
-        });
+    let baseline_path = throttle_tests::flood::baseline_object();
     let mut baseline = Ebpf::load_file(&baseline_path).with_context(|| {
         format!(
             "loading {} (run `cargo xtask build-ebpf`)",
@@ -530,6 +525,14 @@ fn main() -> Result<()> {
         throttle_tests::chart::draw(&rows, &out)?;
         eprintln!("wrote {}", out.display());
         return Ok(());
+    }
+    // Before minutes of measuring: the doc must have the suite's section to fill in.
+    let md = std::fs::read_to_string(docs.join("benchmarks.md")).unwrap_or_default();
+    if !md.contains(&format!("<!-- bench:{suite}:start -->")) {
+        bail!(
+            "{} has no bench:{suite} section",
+            docs.join("benchmarks.md").display()
+        );
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
