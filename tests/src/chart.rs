@@ -71,6 +71,16 @@ fn bars(rows: &[serde_json::Value], panel: &Panel) -> Vec<Bar> {
         .collect()
 }
 
+/// Three significant digits or so: 0.0172 ms reads 0.017, 1487.5 ns reads 1488.
+fn figure(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
 fn register_font() -> Result<()> {
     let bytes = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT} (install fonts-dejavu-core)"))?;
@@ -158,7 +168,7 @@ where
     chart.draw_series(bars.iter().enumerate().map(|(k, b)| {
         let i = n - 1 - k as u32;
         Text::new(
-            format!(" {:.1} {} ({:.2}x)", b.value, b.unit, b.ratio),
+            format!(" {} {} ({:.2}x)", figure(b.value), b.unit, b.ratio),
             (b.ratio, SegmentValue::CenterOf(i)),
             ("sans-serif", 13).into_font().color(&BLACK),
         )
