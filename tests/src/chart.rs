@@ -81,7 +81,9 @@ fn figure(v: f64) -> String {
     }
 }
 
-fn register_font() -> Result<()> {
+/// Loads the chart's font; the benchmark calls it before measuring, so a missing font fails
+/// in a second, not after minutes of flooding.
+pub fn register_font() -> Result<()> {
     let bytes = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT} (install fonts-dejavu-core)"))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into()))

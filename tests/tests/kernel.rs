@@ -774,12 +774,9 @@ fn max_rules_sizes_the_counters_and_bounds_the_rule_ids() {
     let applied =
         f.dp.apply(&Config::from_yaml(&rules(&["d", "e", "f"])).unwrap(), &[])
             .unwrap();
-    assert_eq!(applied.ids.len(), 3);
-    assert!(
-        applied.ids.iter().all(|id| (1..4).contains(id)),
-        "{:?}",
-        applied.ids
-    );
+    let mut ids = applied.ids.clone();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3], "three distinct ids below max_rules");
     // Counted under the right id with the smaller counters array.
     assert_eq!(f.passes(&udp53([198, 18, 0, 2]), 5), 2);
     assert_eq!(f.counters(applied.ids[0]).dropped, 3);
@@ -861,6 +858,20 @@ fn pinned_maps_are_adopted_and_an_incompatible_layout_is_refused() {
     );
     drop(dp);
 
+    // A daemon configured with another max_rules keeps the pinned counters' size, smaller or
+    // larger, and every id of it stays readable.
+    for configured in [8, 4096] {
+        let mut dp = Dataplane::load(LoadOptions {
+            max_rules: configured,
+            ..options()
+        })
+        .unwrap();
+        assert!(dp.adopted());
+        assert_eq!(dp.max_rules(), throttle_common::DEFAULT_MAX_RULES);
+        assert_eq!(dp.counters(dp.max_rules() - 1).unwrap().len(), 1024);
+        assert_eq!(dp.apply(&config, &[]).unwrap().ids, vec![1]);
+    }
+
     // Maps written by another schema version are refused, with the way out in the message.
     let mut settings: aya::maps::Array<_, throttle_common::Settings> = aya::maps::Array::try_from(
         aya::maps::Map::Array(aya::maps::MapData::from_pin(pins.path().join("SETTINGS")).unwrap()),
@@ -875,6 +886,35 @@ fn pinned_maps_are_adopted_and_an_incompatible_layout_is_refused() {
         .to_string();
     assert!(
         err.contains("schema version 99") && err.contains("throttle-ctl detach"),
+        "{err}"
+    );
+
+    // An array the program indexes with constants must have the size this build expects.
+    s.schema_version = throttle_common::SCHEMA_VERSION;
+    settings.set(0, s, 0).unwrap();
+    drop(settings);
+    Dataplane::load(options()).expect("the schema restored, the pins are adopted again");
+    let rules_pin = pins.path().join("RULES");
+    std::fs::remove_file(&rules_pin).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&rules_pin)
+        .args([
+            "type", "array", "key", "4", "value", "48", "entries", "10", "name", "RULES",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = Dataplane::load(options())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("RULES has 10 entries, this build expects 32768"),
         "{err}"
     );
 }

@@ -280,17 +280,18 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
     };
 
     let max_rules = match raw.max_rules {
-        None => DEFAULT_MAX_RULES,
-        Some(n) if (2..=MAX_RULES as u64).contains(&n) => n as u32,
+        None => Some(DEFAULT_MAX_RULES),
+        Some(n) if (2..=MAX_RULES as u64).contains(&n) => Some(n as u32),
         Some(_) => {
             problem(
                 "max_rules".into(),
                 format!("must be between 2 and {MAX_RULES}"),
             );
-            DEFAULT_MAX_RULES
+            None
         }
     };
-    if raw.rules.len() >= max_rules as usize {
+    // Counted against the max_rules written; an invalid one has its own problem above.
+    if let Some(max_rules) = max_rules.filter(|m| raw.rules.len() >= *m as usize) {
         let hint = if max_rules < MAX_RULES {
             format!(" (raise `max_rules`, up to {MAX_RULES})")
         } else {
@@ -441,7 +442,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<(String, String)>> {
     Ok(Config {
         interface: raw.interface,
         max_sources,
-        max_rules,
+        max_rules: max_rules.unwrap_or(DEFAULT_MAX_RULES),
         rules,
         allow,
         deny,
@@ -586,6 +587,9 @@ deny:
                 "{bad}: {e}"
             );
         }
+        // An invalid max_rules is one problem, not also a rule count against a default.
+        let e = error_of(&rules_yaml("max_rules: 20000\n", 1100));
+        assert!(e.contains("1 problem(s)") && !e.contains("room for"), "{e}");
     }
 
     #[test]

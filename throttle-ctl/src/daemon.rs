@@ -732,7 +732,8 @@ impl Control for Daemon {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
             let problem = format!(
                 "rules: {} rules; the running program has room for {} (its max_rules {loaded} \
-                 changes only with a restart after `throttle-ctl detach`)",
+                 is fixed at load: restart with the new value, after `throttle-ctl detach` if \
+                 its maps are pinned)",
                 config.rules.len(),
                 loaded - 1
             );

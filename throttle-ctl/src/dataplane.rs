@@ -67,7 +67,8 @@ pub enum DataplaneError {
     UnknownInterface(String),
     #[error(
         "the config has {rules} rules; the loaded program has counters for {max_rules} rule ids, \
-         room for {} rules (`max_rules` of pinned maps stays until `throttle-ctl detach`)",
+         room for {} rules (max_rules is fixed when the program is loaded: restart with the new \
+         value, after `throttle-ctl detach` if the maps are pinned)",
         .max_rules - 1
     )]
     TooManyRules { rules: usize, max_rules: u32 },
@@ -152,11 +153,20 @@ impl Dataplane {
             Some(dir) => Some(lock_pin_dir(dir)?),
             None => None,
         };
+        // Pinned maps keep their size. aya checks array indexes against the size it was told,
+        // so it must be told the pinned one, not the configured one.
+        let (max_sources, max_rules) = match &opts.pin_dir {
+            Some(dir) if adopted => (
+                pinned_entries(dir, names::SOURCES)?,
+                pinned_entries(dir, names::COUNTERS)?,
+            ),
+            _ => (opts.max_sources, opts.max_rules),
+        };
         let test_clock = u8::from(opts.test_clock);
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::SOURCES, opts.max_sources)
-            .map_max_entries(names::COUNTERS, opts.max_rules)
+            .map_max_entries(names::SOURCES, max_sources)
+            .map_max_entries(names::COUNTERS, max_rules)
             .override_global(names::TEST_CLOCK, &test_clock, true);
         let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -173,23 +183,21 @@ impl Dataplane {
             test_clock: opts.test_clock,
             pin_dir: opts.pin_dir,
             adopted,
-            max_rules: opts.max_rules,
+            max_rules,
             slot_rules: None,
             _pin_lock: pin_lock,
         };
-        dp.max_rules = dp.map_info(names::COUNTERS)?.max_entries();
         if adopted {
-            if dp.max_rules != opts.max_rules {
+            if max_rules != opts.max_rules {
                 warn!(
-                    pinned = dp.max_rules,
+                    pinned = max_rules,
                     configured = opts.max_rules,
                     "max_rules differs from the pinned counters' size, which stays until `throttle-ctl detach`"
                 );
             }
-            let pinned = dp.map_info(names::SOURCES)?.max_entries();
-            if pinned != opts.max_sources {
+            if max_sources != opts.max_sources {
                 warn!(
-                    pinned,
+                    pinned = max_sources,
                     configured = opts.max_sources,
                     "max_sources differs from the pinned table's size, which stays until `throttle-ctl detach`"
                 );
@@ -197,7 +205,11 @@ impl Dataplane {
             info!(pin_dir = ?dp.pin_dir, generation = dp.settings()?.generation, "adopted pinned maps");
         } else {
             dp.write_settings(|s| s.schema_version = SCHEMA_VERSION)?;
-            dp.slot_rules = Some([Vec::new(), Vec::new()]);
+            // Freshly created maps hold no rules. (Not known for pins left behind by a detach
+            // that failed half-way: those are read on the first apply.)
+            if dp.pin_dir.is_none() {
+                dp.slot_rules = Some([Vec::new(), Vec::new()]);
+            }
         }
         Ok(dp)
     }
@@ -378,6 +390,13 @@ impl Dataplane {
         config: &Config,
         runtime: &[RuntimeAcl],
     ) -> Result<Applied, DataplaneError> {
+        let max_rules = self.max_rules;
+        if config.rules.len() >= max_rules as usize {
+            return Err(DataplaneError::TooManyRules {
+                rules: config.rules.len(),
+                max_rules,
+            });
+        }
         let settings = self.settings()?;
         let new_slot = (settings.active_slot + 1) % RULE_SLOTS;
         let mut slots = match self.slot_rules.take() {
@@ -389,13 +408,6 @@ impl Dataplane {
             .map(|r| (r.identity, r.id))
             .collect();
         let mut compiled = config.compile_rules();
-        let max_rules = self.max_rules;
-        if compiled.len() >= max_rules as usize {
-            return Err(DataplaneError::TooManyRules {
-                rules: compiled.len(),
-                max_rules,
-            });
-        }
         let mut taken: HashSet<u32> = compiled
             .iter()
             .filter_map(|r| live.get(&r.identity).copied())
@@ -928,6 +940,13 @@ fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
         )));
     }
     Ok(())
+}
+
+/// Entries of the map pinned as `name` in `dir`.
+fn pinned_entries(dir: &Path, name: &'static str) -> Result<u32, DataplaneError> {
+    aya::maps::MapInfo::from_pin(dir.join(name))
+        .map(|info| info.max_entries())
+        .map_err(map_err(name))
 }
 
 /// Takes the pin directory's lock, or says who holds it.

@@ -526,7 +526,8 @@ fn main() -> Result<()> {
         eprintln!("wrote {}", out.display());
         return Ok(());
     }
-    // Before minutes of measuring: the doc must have the suite's section to fill in.
+    // Before minutes of measuring: the chart's font, and the doc's section to fill in.
+    throttle_tests::chart::register_font()?;
     let md = std::fs::read_to_string(docs.join("benchmarks.md")).unwrap_or_default();
     if !md.contains(&format!("<!-- bench:{suite}:start -->")) {
         bail!(
