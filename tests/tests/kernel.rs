@@ -29,9 +29,13 @@ struct Fixture {
 
 impl Fixture {
     fn new(yaml: &str) -> Fixture {
+        Fixture::sized(yaml, 1024)
+    }
+
+    fn sized(yaml: &str, max_sources: u32) -> Fixture {
         let config = Config::from_yaml(yaml).expect("test config");
         let mut dp = Dataplane::load(LoadOptions {
-            max_sources: 1024,
+            max_sources,
             max_rules: config.max_rules,
             test_clock: true,
             pin_dir: None,
@@ -791,6 +795,53 @@ fn max_rules_sizes_the_counters_and_bounds_the_rule_ids() {
         "{e}"
     );
     assert_eq!(f.dp.active_rules().unwrap().len(), 3);
+}
+
+#[test]
+fn batch_reads_agree_with_reads_one_element_at_a_time() {
+    root_or_skip!("batch_reads_agree_with_reads_one_element_at_a_time");
+    let f = Fixture::sized(
+        "rules:\n  - {name: dns, protocol: udp, port: 53, limit: 3, window: 1s}\n  \
+         - {name: ntp, protocol: udp, port: 123, limit: 3, window: 1s}\n",
+        16_384,
+    );
+    // More sources than one batch call returns (4096), under two rules.
+    for i in 0..3000u32 {
+        let [_, _, a, b] = (i + 1).to_be_bytes();
+        f.verdict(&udp53([198, 18, a, b]));
+        f.verdict(&Packet::v4([198, 18, a, b], L4::Udp { dport: 123 }).build());
+    }
+    let mut batched = f.dp.sources(usize::MAX).unwrap();
+    let info = f.dp.map_info(throttle_common::names::SOURCES).unwrap();
+    let map = aya::maps::Map::LruHashMap(aya::maps::MapData::from_id(info.id()).unwrap());
+    let table: aya::maps::HashMap<_, throttle_common::SourceKey, throttle_common::WindowState> =
+        aya::maps::HashMap::try_from(map).unwrap();
+    let mut one_by_one: Vec<_> = table.iter().map(|kv| kv.unwrap()).collect();
+    let order = |(k, _): &(throttle_common::SourceKey, _)| (k.addr, k.rule_id);
+    batched.sort_by_key(order);
+    one_by_one.sort_by_key(order);
+    assert_eq!(batched.len(), 6000);
+    assert_eq!(batched, one_by_one);
+    assert_eq!(
+        f.dp.sources(100).unwrap().len(),
+        100,
+        "a bounded read stops"
+    );
+    assert_eq!(
+        f.dp.count_entries(throttle_common::names::SOURCES).unwrap(),
+        6000
+    );
+
+    // Per-CPU counters summed from one batch, against the per-rule figures they add up to.
+    let counters = f.dp.counters(f.dp.max_rules() - 1).unwrap();
+    assert_eq!(counters.len(), 1024);
+    let ids = f.dp.active_rules().unwrap();
+    for rule in &ids {
+        let c = counters[rule.id as usize];
+        assert_eq!((c.passed, c.new_sources), (3000, 3000), "rule {}", rule.id);
+    }
+    assert_eq!(f.dp.totals().unwrap().passed, 6000);
+    assert!(f.dp.counters(1024).is_err(), "past the array's end");
 }
 
 #[test]

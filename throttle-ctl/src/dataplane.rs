@@ -242,16 +242,34 @@ impl Dataplane {
 
     /// Kernel facts about one of the program's maps (size, entries limit).
     pub fn map_info(&self, name: &'static str) -> Result<aya::maps::MapInfo, DataplaneError> {
-        let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
-        let data: &aya::maps::MapData = match map {
+        self.map_data(name)?.info().map_err(map_err(name))
+    }
+
+    fn map_data(&self, name: &'static str) -> Result<&aya::maps::MapData, DataplaneError> {
+        match self.ebpf.map(name).ok_or(DataplaneError::Missing(name))? {
             aya::maps::Map::Array(m)
             | aya::maps::Map::PerCpuArray(m)
             | aya::maps::Map::LruHashMap(m)
             | aya::maps::Map::LpmTrie(m)
-            | aya::maps::Map::RingBuf(m) => m,
-            _ => return Err(DataplaneError::Missing(name)),
-        };
-        data.info().map_err(map_err(name))
+            | aya::maps::Map::RingBuf(m) => Ok(m),
+            _ => Err(DataplaneError::Missing(name)),
+        }
+    }
+
+    /// A map's fd, for the batch calls of [`crate::batch`].
+    fn map_fd(&self, name: &'static str) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
+        use std::os::fd::AsFd;
+        Ok(self.map_data(name)?.fd().as_fd())
+    }
+
+    fn batch_error(name: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
+        move |io_error| DataplaneError::Map {
+            map: name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_batch",
+                io_error,
+            }),
+        }
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -444,26 +462,9 @@ impl Dataplane {
         }
         self.zero_counters(&fresh)?;
         self.clear_slot(new_slot, &slots[new_slot as usize])?;
-        {
-            let mut rules: Array<_, Rule> =
-                Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-            for r in &compiled {
-                rules
-                    .set(rule_slot_index(new_slot, r.id), r, 0)
-                    .map_err(map_err(names::RULES))?;
-            }
-        }
-        {
-            // After the rules: an index entry never points at a rule not yet written.
-            let mut index: Array<_, u16> = Array::try_from(self.map(names::RULE_INDEX)?)
-                .map_err(map_err(names::RULE_INDEX))?;
-            for r in &compiled {
-                let protocol = rule_protocol(r.proto).expect("config only has rule protocols");
-                index
-                    .set(rule_index(new_slot, protocol, r.port), r.id as u16, 0)
-                    .map_err(map_err(names::RULE_INDEX))?;
-            }
-        }
+        // Rules first: an index entry never points at a rule not yet written.
+        self.write_rules(new_slot, compiled.iter().map(|r| (r.id, *r)))?;
+        self.write_index(new_slot, &compiled, |r| r.id as u16)?;
         slots[new_slot as usize] = compiled.clone();
         self.slot_rules = Some(slots);
 
@@ -528,20 +529,16 @@ impl Dataplane {
 
     /// The rules `RULES` holds in `slot`, read from the map.
     fn read_slot(&self, slot: u32) -> Result<Vec<Rule>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(names::RULES)
-            .ok_or(DataplaneError::Missing(names::RULES))?;
-        let rules: Array<_, Rule> = Array::try_from(map).map_err(map_err(names::RULES))?;
         let mut out = Vec::new();
-        for id in 1..self.max_rules {
-            let rule = rules
-                .get(&rule_slot_index(slot, id), 0)
-                .map_err(map_err(names::RULES))?;
-            if rule != Rule::default() {
-                out.push(rule);
-            }
-        }
+        // Ids 1..max_rules of the slot: the entries after the slot's id 0.
+        crate::batch::for_each::<u32, Rule>(
+            self.map_fd(names::RULES)?,
+            1,
+            Some(rule_slot_index(slot, 0)),
+            self.max_rules as usize - 1,
+            |_, rules| out.extend(rules.iter().filter(|r| **r != Rule::default())),
+        )
+        .map_err(Self::batch_error(names::RULES))?;
         Ok(out)
     }
 
@@ -550,10 +547,7 @@ impl Dataplane {
         if ids.is_empty() {
             return Ok(());
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Pin {
-            path: PathBuf::from("/sys/devices/system/cpu/possible"),
-            detail: e.to_string(),
-        })?;
+        let cpus = possible_cpus()?;
         let mut counters: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(self.map(names::COUNTERS)?).map_err(map_err(names::COUNTERS))?;
         for id in ids {
@@ -572,25 +566,37 @@ impl Dataplane {
     /// Empties a rule slot: the entries of `stale`, the rules it holds, and their index
     /// entries.
     fn clear_slot(&mut self, slot: u32, stale: &[Rule]) -> Result<(), DataplaneError> {
-        {
-            let mut index: Array<_, u16> = Array::try_from(self.map(names::RULE_INDEX)?)
-                .map_err(map_err(names::RULE_INDEX))?;
-            for rule in stale {
-                if let Some(protocol) = rule_protocol(rule.proto) {
-                    index
-                        .set(rule_index(slot, protocol, rule.port), 0, 0)
-                        .map_err(map_err(names::RULE_INDEX))?;
-                }
-            }
-        }
-        let mut rules: Array<_, Rule> =
-            Array::try_from(self.map(names::RULES)?).map_err(map_err(names::RULES))?;
-        for rule in stale {
-            rules
-                .set(rule_slot_index(slot, rule.id), Rule::default(), 0)
-                .map_err(map_err(names::RULES))?;
-        }
-        Ok(())
+        // Index entries first: none points at a rule already cleared.
+        self.write_index(slot, stale, |_| 0)?;
+        self.write_rules(slot, stale.iter().map(|r| (r.id, Rule::default())))
+    }
+
+    /// Writes `RULES[slot][id] = rule` for each entry, in one batch.
+    fn write_rules(
+        &self,
+        slot: u32,
+        entries: impl Iterator<Item = (u32, Rule)>,
+    ) -> Result<(), DataplaneError> {
+        let (keys, values): (Vec<u32>, Vec<Rule>) = entries
+            .map(|(id, rule)| (rule_slot_index(slot, id), rule))
+            .unzip();
+        crate::batch::update(self.map_fd(names::RULES)?, &keys, &values)
+            .map_err(Self::batch_error(names::RULES))
+    }
+
+    /// Writes the `RULE_INDEX` entry of each rule's (protocol, port) in `slot`, in one batch.
+    fn write_index(
+        &self,
+        slot: u32,
+        rules: &[Rule],
+        value: impl Fn(&Rule) -> u16,
+    ) -> Result<(), DataplaneError> {
+        let (keys, values): (Vec<u32>, Vec<u16>) = rules
+            .iter()
+            .filter_map(|r| Some((rule_index(slot, rule_protocol(r.proto)?, r.port), value(r))))
+            .unzip();
+        crate::batch::update(self.map_fd(names::RULE_INDEX)?, &keys, &values)
+            .map_err(Self::batch_error(names::RULE_INDEX))
     }
 
     /// Sets the time the program sees when loaded with `test_clock`.
@@ -609,20 +615,32 @@ impl Dataplane {
 
     /// Counters of rule ids `0..=max_id`, each summed over CPUs. Index 0: traffic no rule matched.
     pub fn counters(&self, max_id: u32) -> Result<Vec<Counters>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(names::COUNTERS)
-            .ok_or(DataplaneError::Missing(names::COUNTERS))?;
-        let array: PerCpuArray<_, Counters> =
-            PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS))?;
-        (0..=max_id)
-            .map(|id| {
-                let per_cpu = array.get(&id, 0).map_err(map_err(names::COUNTERS))?;
-                let mut sum = Counters::default();
-                per_cpu.iter().for_each(|c| sum.add(c));
-                Ok(sum)
-            })
-            .collect()
+        let cpus = possible_cpus()?;
+        let mut out = Vec::with_capacity(max_id as usize + 1);
+        crate::batch::for_each::<u32, Counters>(
+            self.map_fd(names::COUNTERS)?,
+            cpus,
+            None,
+            max_id as usize + 1,
+            |_, values| {
+                out.extend(values.chunks(cpus).map(|per_cpu| {
+                    let mut sum = Counters::default();
+                    per_cpu.iter().for_each(|c| sum.add(c));
+                    sum
+                }))
+            },
+        )
+        .map_err(Self::batch_error(names::COUNTERS))?;
+        if out.len() != max_id as usize + 1 {
+            return Err(DataplaneError::Map {
+                map: names::COUNTERS,
+                source: MapError::OutOfBounds {
+                    index: max_id,
+                    max_entries: out.len() as u32,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// Sum of all counters, of every id: removed rules included, so totals never go back.
@@ -636,32 +654,34 @@ impl Dataplane {
 
     /// Every tracked (source, rule) with its window state, at most `max` of them.
     pub fn sources(&self, max: usize) -> Result<Vec<(SourceKey, WindowState)>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(names::SOURCES)
-            .ok_or(DataplaneError::Missing(names::SOURCES))?;
-        let sources: HashMap<_, SourceKey, WindowState> =
-            HashMap::try_from(map).map_err(map_err(names::SOURCES))?;
         let mut out = Vec::new();
-        for item in sources.iter().take(max) {
-            match item {
-                Ok(kv) => out.push(kv),
-                // An entry evicted between listing its key and reading it: skip it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(names::SOURCES)(e)),
-            }
-        }
+        crate::batch::for_each::<SourceKey, WindowState>(
+            self.map_fd(names::SOURCES)?,
+            1,
+            None,
+            max,
+            |keys, values| out.extend(keys.iter().copied().zip(values.iter().copied())),
+        )
+        .map_err(Self::batch_error(names::SOURCES))?;
         Ok(out)
     }
 
-    /// Number of entries in a hash or trie map (walks the keys).
+    /// Number of entries in a hash or trie map (reads the hash in batches, walks a trie's keys).
     pub fn count_entries(&self, name: &'static str) -> Result<u64, DataplaneError> {
         let map = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
         let count = match name {
-            names::SOURCES => HashMap::<_, SourceKey, WindowState>::try_from(map)
-                .map_err(map_err(name))?
-                .keys()
-                .count(),
+            names::SOURCES => {
+                let mut n = 0;
+                crate::batch::for_each::<SourceKey, WindowState>(
+                    self.map_fd(name)?,
+                    1,
+                    None,
+                    usize::MAX,
+                    |keys, _| n += keys.len(),
+                )
+                .map_err(Self::batch_error(name))?;
+                n
+            }
             names::ACL_V4 => LpmTrie::<_, [u8; 4], AclEntry>::try_from(map)
                 .map_err(map_err(name))?
                 .keys()
@@ -940,6 +960,14 @@ fn check_pinned_layout(dir: &Path) -> Result<(), DataplaneError> {
         )));
     }
     Ok(())
+}
+
+/// CPUs a per-CPU map has values for.
+fn possible_cpus() -> Result<usize, DataplaneError> {
+    aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Pin {
+        path: PathBuf::from("/sys/devices/system/cpu/possible"),
+        detail: e.to_string(),
+    })
 }
 
 /// Entries of the map pinned as `name` in `dir`.

@@ -2,6 +2,7 @@
 //! loaded XDP program and its maps). The `throttle-ctl` binary and the test tiers use it.
 
 pub mod admin;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -193,6 +193,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
     let [drop_ns, pass_ns, admit_ns, over_ns, no_rule_ns, drop_single_ns, new_ns, over_no_acl_ns, over_fixed_clock_ns, allow_ns, deny_ns] =
         samples.map(median);
     let memory = memory_per_source(&dp)?;
+    let walk = source_table_walk(&dp)?;
     let applies = apply_latency()?;
     let mut results = vec![
         Measurement {
@@ -212,6 +213,7 @@ fn run_xdp() -> Result<Vec<Measurement>> {
             baseline: drop_ns,
         },
         memory,
+        walk,
     ];
     results.extend(applies);
     let mut paths = vec![
@@ -301,6 +303,38 @@ fn memory_per_source(dp: &Dataplane) -> Result<Measurement> {
         unit: "bytes",
         baseline_name: "key + value bytes",
         baseline: payload,
+    })
+}
+
+/// Reading the whole source table (what `throttle-ctl top` and `status` do) in batches,
+/// against reading it one element at a time, per entry.
+fn source_table_walk(dp: &Dataplane) -> Result<Measurement> {
+    use throttle_common::{names, SourceKey, WindowState};
+    let info = dp.map_info(names::SOURCES)?;
+    let map = aya::maps::Map::LruHashMap(aya::maps::MapData::from_id(info.id())?);
+    let table: aya::maps::HashMap<_, SourceKey, WindowState> = aya::maps::HashMap::try_from(map)?;
+    let (mut batched, mut one_by_one) = (Vec::new(), Vec::new());
+    let mut entries = 0;
+    for _ in 0..ROUNDS {
+        let start = std::time::Instant::now();
+        entries = dp.sources(usize::MAX)?.len();
+        batched.push(start.elapsed().as_nanos() as f64 / entries as f64);
+        let start = std::time::Instant::now();
+        let n = table.iter().filter(|kv| kv.is_ok()).count();
+        one_by_one.push(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    if entries < NEW_SOURCES as usize / 2 {
+        bail!("only {entries} sources to walk");
+    }
+    Ok(Measurement {
+        name: "source_table_read_per_entry",
+        what: leak(format!(
+            "reading the source table ({entries} entries), batched"
+        )),
+        value: median(batched),
+        unit: "ns/entry",
+        baseline_name: "one element at a time",
+        baseline: median(one_by_one),
     })
 }
 

@@ -1,0 +1,140 @@
+//! Whole-map reads and writes in a few syscalls, with `BPF_MAP_LOOKUP_BATCH` and
+//! `BPF_MAP_UPDATE_BATCH` (Linux 5.6 for hash maps, 5.9 for arrays; throttle needs 5.15).
+//! aya 0.14 has no API for them, and element by element a walk of a million tracked sources
+//! costs two syscalls per source, seconds in all.
+
+use std::{io, mem::size_of, os::fd::AsRawFd, os::fd::BorrowedFd};
+
+use aya::Pod;
+
+// enum bpf_cmd in include/uapi/linux/bpf.h.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Entries asked for per lookup call.
+const CHUNK: usize = 4096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid batch attr; its pointers are valid for `count` elements of the
+    // map's key and value sizes, which the callers size from the types they pass.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn zeroed<T: Pod>(n: usize) -> Vec<T> {
+    // SAFETY: Pod types are plain data for which any bit pattern, zero included, is valid.
+    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+/// Calls `visit` with the entries of a map, a batch at a time, in the map's order, until
+/// `max` entries or the end. `K` and `V` must be the map's key and value types; a per-CPU
+/// map has `per_key` values per key (the possible CPUs), others 1. A read of an array may
+/// start after key `after`. Entries may be added or removed meanwhile: each is read whole.
+pub fn for_each<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    per_key: usize,
+    after: Option<K>,
+    max: usize,
+    mut visit: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
+    // The kernel lays per-CPU values out 8-byte aligned.
+    assert!(per_key == 1 || size_of::<V>().is_multiple_of(8));
+    // Batch tokens: a bucket index (u32) for hash maps, the last key for arrays.
+    let token_size = size_of::<K>().max(size_of::<u32>());
+    let mut token_in = vec![0u8; token_size];
+    let mut token_out = vec![0u8; token_size];
+    let mut started = false;
+    if let Some(key) = after {
+        // SAFETY: K is Pod: its bytes are its representation.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(&key as *const K as *const u8, size_of::<K>()) };
+        token_in[..bytes.len()].copy_from_slice(bytes);
+        started = true;
+    }
+    let mut chunk = CHUNK.min(max.max(1));
+    let mut keys: Vec<K> = zeroed(chunk);
+    let mut values: Vec<V> = zeroed(chunk * per_key);
+    let mut seen = 0;
+    while seen < max {
+        let want = chunk.min(max - seen);
+        let mut attr = BatchAttr {
+            in_batch: if started { token_in.as_ptr() as u64 } else { 0 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: want as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(want);
+        if got > 0 {
+            visit(&keys[..got], &values[..got * per_key]);
+            seen += got;
+        }
+        match result {
+            Ok(()) if got == 0 => return Ok(()),
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // One hash bucket holds more entries than asked for: ask for more.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                chunk *= 2;
+                keys = zeroed(chunk);
+                values = zeroed(chunk * per_key);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        std::mem::swap(&mut token_in, &mut token_out);
+        started = true;
+    }
+    Ok(())
+}
+
+/// Writes `keys[i] = values[i]` for every i (no flags: insert or replace), as few calls as
+/// the kernel takes. For maps that are not per CPU.
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        done += attr.count as usize;
+        match result {
+            Ok(()) if attr.count > 0 => {}
+            Ok(()) => return Err(io::Error::other("BPF_MAP_UPDATE_BATCH wrote nothing")),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
