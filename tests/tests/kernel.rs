@@ -822,11 +822,11 @@ fn batch_reads_agree_with_reads_one_element_at_a_time() {
     one_by_one.sort_by_key(order);
     assert_eq!(batched.len(), 6000);
     assert_eq!(batched, one_by_one);
-    assert_eq!(
-        f.dp.sources(100).unwrap().len(),
-        100,
-        "a bounded read stops"
-    );
+    // Bounded reads stop at their bound, also where it falls inside a hash bucket (which the
+    // kernel returns whole or not at all).
+    for max in 1..=300 {
+        assert_eq!(f.dp.sources(max).unwrap().len(), max);
+    }
     assert_eq!(
         f.dp.count_entries(throttle_common::names::SOURCES).unwrap(),
         6000

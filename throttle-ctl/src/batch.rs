@@ -75,12 +75,14 @@ pub fn for_each<K: Pod, V: Pod>(
         token_in[..bytes.len()].copy_from_slice(bytes);
         started = true;
     }
+    // Always a whole chunk is asked for, even near `max`: a hash bucket is returned whole or
+    // not at all, so asking for fewer entries than the next bucket holds gets nothing.
     let mut chunk = CHUNK.min(max.max(1));
     let mut keys: Vec<K> = zeroed(chunk);
     let mut values: Vec<V> = zeroed(chunk * per_key);
     let mut seen = 0;
     while seen < max {
-        let want = chunk.min(max - seen);
+        let want = chunk;
         let mut attr = BatchAttr {
             in_batch: if started { token_in.as_ptr() as u64 } else { 0 },
             out_batch: token_out.as_mut_ptr() as u64,
@@ -92,16 +94,18 @@ pub fn for_each<K: Pod, V: Pod>(
         };
         let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let got = (attr.count as usize).min(want);
-        if got > 0 {
-            visit(&keys[..got], &values[..got * per_key]);
-            seen += got;
+        let take = got.min(max - seen);
+        if take > 0 {
+            visit(&keys[..take], &values[..take * per_key]);
+            seen += take;
         }
         match result {
             Ok(()) if got == 0 => return Ok(()),
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            // One hash bucket holds more entries than asked for: ask for more.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+            // The next hash bucket holds more entries than a chunk: ask for more (a bucket
+            // holds a handful; the bound only stops a kernel that keeps saying so).
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 && chunk < 1 << 20 => {
                 chunk *= 2;
                 keys = zeroed(chunk);
                 values = zeroed(chunk * per_key);
