@@ -108,49 +108,88 @@ pub fn sender(
     start: Arc<Barrier>,
 ) -> std::thread::JoinHandle<u64> {
     Lab::in_ns(&lab.sender, move || {
-        pin_to_cpu(cpu);
-        let src: IpAddr = src.parse().unwrap();
-        let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind sender");
-        let dst = SocketAddr::new(Lab::receiver_addr(src), port);
-        let payload = [0x5au8; 64];
         let mut sent = 0u64;
-        start.wait();
-        let t0 = Instant::now();
-        let end = t0 + duration;
-        match pace {
-            Pace::Burst { count } => {
-                for _ in 0..count {
-                    sent += sock.send_to(&payload, dst).is_ok() as u64;
-                }
+        send_paced(src, port, cpu, pace, duration, &start, |_| sent += 1);
+        sent
+    })
+}
+
+/// As [`sender`], and returns the CLOCK_MONOTONIC time of every datagram sent: the clock the
+/// XDP program reads, so a test can replay the sends through the sliding window and know
+/// what the program should have admitted.
+pub fn timed_sender(
+    lab: &Lab,
+    src: &'static str,
+    port: u16,
+    cpu: usize,
+    pace: Pace,
+    duration: Duration,
+    start: Arc<Barrier>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    Lab::in_ns(&lab.sender, move || {
+        let mut times = Vec::new();
+        send_paced(src, port, cpu, pace, duration, &start, |t| times.push(t));
+        times
+    })
+}
+
+/// The send loop of both senders: calls `sent` with the time taken just before each
+/// datagram that was sent.
+fn send_paced(
+    src: &str,
+    port: u16,
+    cpu: usize,
+    pace: Pace,
+    duration: Duration,
+    start: &Barrier,
+    mut sent: impl FnMut(u64),
+) {
+    pin_to_cpu(cpu);
+    let src: IpAddr = src.parse().unwrap();
+    let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind sender");
+    let dst = SocketAddr::new(Lab::receiver_addr(src), port);
+    let payload = [0x5au8; 64];
+    let mut send = || {
+        let t = throttle_ctl::dataplane::monotonic_ns();
+        if sock.send_to(&payload, dst).is_ok() {
+            sent(t);
+        }
+    };
+    start.wait();
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    match pace {
+        Pace::Burst { count } => {
+            for _ in 0..count {
+                send();
             }
-            Pace::Flood { every } => {
-                // Spin-paced: the flood must be dense at every window end (a gap of 1% of a
-                // window there costs 1% of that window's quota), so each flooding thread owns a
-                // CPU and never sleeps.
-                let mut next = t0;
-                while next < end {
-                    sent += sock.send_to(&payload, dst).is_ok() as u64;
-                    next += every;
-                    while Instant::now() < next {
-                        std::hint::spin_loop();
-                    }
-                }
-            }
-            Pace::Steady { every } => {
-                let mut next = t0;
-                while next < end {
-                    sent += sock.send_to(&payload, dst).is_ok() as u64;
-                    next = (next + every).max(Instant::now());
-                    let wait = next.saturating_duration_since(Instant::now());
-                    if wait > Duration::from_micros(200) {
-                        std::thread::sleep(wait - Duration::from_micros(100));
-                    }
-                    while Instant::now() < next {
-                        std::hint::spin_loop();
-                    }
+        }
+        Pace::Flood { every } => {
+            // Spin-paced: the flood must be dense at every window end (a gap of 1% of a
+            // window there costs 1% of that window's quota), so each flooding thread owns a
+            // CPU and never sleeps.
+            let mut next = t0;
+            while next < end {
+                send();
+                next += every;
+                while Instant::now() < next {
+                    std::hint::spin_loop();
                 }
             }
         }
-        sent
-    })
+        Pace::Steady { every } => {
+            let mut next = t0;
+            while next < end {
+                send();
+                next = (next + every).max(Instant::now());
+                let wait = next.saturating_duration_since(Instant::now());
+                if wait > Duration::from_micros(200) {
+                    std::thread::sleep(wait - Duration::from_micros(100));
+                }
+                while Instant::now() < next {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
 }
