@@ -167,9 +167,10 @@ fn send_paced(
         Pace::Flood { every } => {
             // Spin-paced: the flood must be dense at every window end (a gap of 1% of a
             // window there costs 1% of that window's quota), so each flooding thread owns a
-            // CPU and never sleeps.
+            // CPU and never sleeps. A thread descheduled for a while catches up, but never
+            // past `end`.
             let mut next = t0;
-            while next < end {
+            while next < end && Instant::now() < end {
                 send();
                 next += every;
                 while Instant::now() < next {

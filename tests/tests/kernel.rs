@@ -842,6 +842,12 @@ fn batch_reads_agree_with_reads_one_element_at_a_time() {
     }
     assert_eq!(f.dp.totals().unwrap().passed, 6000);
     assert!(f.dp.counters(1024).is_err(), "past the array's end");
+
+    // Types that do not fit a map are refused before the kernel writes anything.
+    let info = f.dp.map_info(throttle_common::names::COUNTERS).unwrap();
+    let data = aya::maps::MapData::from_id(info.id()).unwrap();
+    let e = throttle_ctl::batch::for_each::<u32, u64>(&data, 1, None, 10, |_, _| {}).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
 }
 
 #[test]

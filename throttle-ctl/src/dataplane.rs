@@ -256,12 +256,6 @@ impl Dataplane {
         }
     }
 
-    /// A map's fd, for the batch calls of [`crate::batch`].
-    fn map_fd(&self, name: &'static str) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
-        use std::os::fd::AsFd;
-        Ok(self.map_data(name)?.fd().as_fd())
-    }
-
     fn batch_error(name: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
         move |io_error| DataplaneError::Map {
             map: name,
@@ -532,7 +526,7 @@ impl Dataplane {
         let mut out = Vec::new();
         // Ids 1..max_rules of the slot: the entries after the slot's id 0.
         crate::batch::for_each::<u32, Rule>(
-            self.map_fd(names::RULES)?,
+            self.map_data(names::RULES)?,
             1,
             Some(rule_slot_index(slot, 0)),
             self.max_rules as usize - 1,
@@ -580,7 +574,7 @@ impl Dataplane {
         let (keys, values): (Vec<u32>, Vec<Rule>) = entries
             .map(|(id, rule)| (rule_slot_index(slot, id), rule))
             .unzip();
-        crate::batch::update(self.map_fd(names::RULES)?, &keys, &values)
+        crate::batch::update(self.map_data(names::RULES)?, &keys, &values)
             .map_err(Self::batch_error(names::RULES))
     }
 
@@ -595,7 +589,7 @@ impl Dataplane {
             .iter()
             .filter_map(|r| Some((rule_index(slot, rule_protocol(r.proto)?, r.port), value(r))))
             .unzip();
-        crate::batch::update(self.map_fd(names::RULE_INDEX)?, &keys, &values)
+        crate::batch::update(self.map_data(names::RULE_INDEX)?, &keys, &values)
             .map_err(Self::batch_error(names::RULE_INDEX))
     }
 
@@ -618,7 +612,7 @@ impl Dataplane {
         let cpus = possible_cpus()?;
         let mut out = Vec::with_capacity(max_id as usize + 1);
         crate::batch::for_each::<u32, Counters>(
-            self.map_fd(names::COUNTERS)?,
+            self.map_data(names::COUNTERS)?,
             cpus,
             None,
             max_id as usize + 1,
@@ -656,7 +650,7 @@ impl Dataplane {
     pub fn sources(&self, max: usize) -> Result<Vec<(SourceKey, WindowState)>, DataplaneError> {
         let mut out = Vec::new();
         crate::batch::for_each::<SourceKey, WindowState>(
-            self.map_fd(names::SOURCES)?,
+            self.map_data(names::SOURCES)?,
             1,
             None,
             max,
@@ -673,7 +667,7 @@ impl Dataplane {
             names::SOURCES => {
                 let mut n = 0;
                 crate::batch::for_each::<SourceKey, WindowState>(
-                    self.map_fd(name)?,
+                    self.map_data(name)?,
                     1,
                     None,
                     usize::MAX,
