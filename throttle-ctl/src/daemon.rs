@@ -725,42 +725,38 @@ impl Control for Daemon {
                 "the config names another interface; changing interfaces needs a restart"
             );
         }
-        // Table sizes are fixed at load: a config that needs more rule ids than the loaded
-        // program has is refused like any invalid config, the running rules stay.
         let loaded = self.with_dataplane(|dp| Ok(dp.max_rules()))?;
-        if config.rules.len() >= loaded as usize {
-            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            let problem = format!(
-                "rules: {} rules; the running program has room for {} (its max_rules {loaded} \
-                 is fixed at load: restart with the new value, after `throttle-ctl detach` if \
-                 its maps are pinned)",
-                config.rules.len(),
-                loaded - 1
-            );
-            warn!(
-                category = "config",
-                "reload rejected, the running rules stay: {problem}"
-            );
-            return Err(ControlError::InvalidConfig {
-                detail: format!("{}: 1 problem(s)", self.config_path.display()),
-                problems: vec![problem],
-            });
-        }
         if config.max_rules != loaded {
             warn!(
                 category = "config",
                 configured = config.max_rules,
                 loaded,
-                "max_rules changes only with a restart after `throttle-ctl detach`"
+                "max_rules is fixed when the program is loaded; the running program keeps its own"
             );
         }
         let mut state = self.state.lock().map_err(internal)?;
         let runtime = state.runtime_acl.clone();
-        let applied = self
-            .with_dataplane(|dp| dp.apply(&config, &runtime))
-            .inspect_err(|_| {
+        let applied = match self.with_dataplane(|dp| Ok(dp.apply(&config, &runtime)))? {
+            Ok(applied) => applied,
+            // More rules than the loaded program has ids for: the config is what is wrong, so
+            // it is refused like any invalid one; the running rules stay.
+            Err(e @ crate::dataplane::DataplaneError::TooManyRules { .. }) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            })?;
+                warn!(
+                    category = "config",
+                    "reload rejected, the running rules stay: {e}"
+                );
+                return Err(ControlError::InvalidConfig {
+                    detail: format!("{}: 1 problem(s)", self.config_path.display()),
+                    problems: vec![format!("rules: {e}")],
+                });
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                error!(category = "dataplane", "{e}");
+                return Err(internal(e));
+            }
+        };
         let rules = config.rules.len();
         state.config = config;
         state.rule_ids = applied.ids;

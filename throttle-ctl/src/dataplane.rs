@@ -66,9 +66,9 @@ pub enum DataplaneError {
     #[error("unknown network interface {0}")]
     UnknownInterface(String),
     #[error(
-        "the config has {rules} rules; the loaded program has counters for {max_rules} rule ids, \
-         room for {} rules (max_rules is fixed when the program is loaded: restart with the new \
-         value, after `throttle-ctl detach` if the maps are pinned)",
+        "{rules} rules; the running program has room for {} rules (its max_rules {max_rules} is \
+         fixed when it is loaded: restart with the new value, after `throttle-ctl detach` if its \
+         maps are pinned)",
         .max_rules - 1
     )]
     TooManyRules { rules: usize, max_rules: u32 },
